@@ -1,0 +1,5 @@
+import sys
+
+from speechbs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The ``speechbs`` command: a thin table from subcommand to the module that runs it.
+
+Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
+Modules are imported only when their command runs, so ``speechbs --help`` is
+fast (no torch import). A :class:`~speechbs.errors.SpeechbsError` is printed as
+one clear line and exits with status 2; a traceback means a bug in speechbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from speechbs import __version__
+from speechbs.errors import SpeechbsError
+
+# name -> (module, one-line help). The order is the order of `speechbs --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("speechbs.demo", "build the built-in corpus and run the main job on it"),
+    "corpus": ("speechbs.data.corpus", "synthesize the built-in labeled English speech corpus"),
+    "manifest": ("speechbs.data.manifest_cmd", "build fairseq-style manifests and label files"),
+    "validate": ("speechbs.data.validate", "check a manifest's audio and transcripts"),
+    "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechbs",
+        description="Self-supervised speech pretraining with the batch size in seconds of audio.",
+    )
+    parser.add_argument("--version", action="version", version=f"speechbs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / version / the unknown-command error
+        parser.print_help()
+        return 0 if args.command is None else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"speechbs {name}", description=COMMANDS[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(rest)
+    try:
+        return int(module.main(args) or 0)
+    except SpeechbsError as exc:
+        print(f"speechbs {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"speechbs {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""fairseq-compatible manifests and label files.
+
+A manifest (``train.tsv``) is the root directory on line 1, then one
+``relative/path<TAB>num_samples`` line per utterance, with ``num_samples``
+counted at the file's own sample rate, as in its header. fairseq assumes every
+file is at the model's rate; speechbs also accepts other rates, and records
+them in a sidecar ``train.rates`` (one rate in Hz per line, or a single line
+when all files share one) so durations are known without opening any file.
+Without a sidecar, every file is taken to be at the rate the caller gives
+(fairseq's assumption), and ``speechbs validate`` checks it against the headers.
+
+Label files sit beside the manifest with the same stem and one line per
+manifest line: ``train.ltr`` (letters separated by spaces, ``|`` after each
+word, as fairseq's ``libri_labels.py`` writes them) and ``train.wrd`` (words).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechbs.errors import DataError
+
+WORD_BOUNDARY = "|"
+
+
+@dataclass
+class Manifest:
+    """The utterances of one split. ``paths`` are relative to ``root``."""
+
+    root: Path
+    paths: list[str]
+    num_samples: np.ndarray
+    """Length of each file in samples at its own rate (int64)."""
+    sample_rates_hz: np.ndarray | None = None
+    """Rate of each file in Hz (int64), or None when unknown (assumed to be the model's rate)."""
+    source: Path | None = None
+    """The .tsv this manifest was read from, for error messages."""
+
+    def __post_init__(self) -> None:
+        self.num_samples = np.asarray(self.num_samples, dtype=np.int64)
+        assert len(self.paths) == len(self.num_samples)
+        if self.sample_rates_hz is not None:
+            self.sample_rates_hz = np.asarray(self.sample_rates_hz, dtype=np.int64)
+            assert len(self.sample_rates_hz) == len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def audio_path(self, index: int) -> Path:
+        return self.root / self.paths[index]
+
+    def rates_hz(self, default_rate_hz: int) -> np.ndarray:
+        if self.sample_rates_hz is None:
+            return np.full(len(self), default_rate_hz, dtype=np.int64)
+        return self.sample_rates_hz
+
+    def seconds(self, default_rate_hz: int) -> np.ndarray:
+        """Duration of each utterance, s."""
+        return self.num_samples / self.rates_hz(default_rate_hz)
+
+    def num_model_samples(self, model_rate_hz: int) -> np.ndarray:
+        """Length of each utterance after resampling to the model's rate, in samples."""
+        rates = self.rates_hz(model_rate_hz)
+        return np.where(rates == model_rate_hz, self.num_samples,
+                        np.floor(self.num_samples * model_rate_hz / rates + 0.5).astype(np.int64))
+
+    def ids(self) -> list[str]:
+        """Utterance ids: the relative path without its extension."""
+        return [os.path.splitext(p)[0] for p in self.paths]
+
+    def subset(self, indices: np.ndarray | list[int]) -> Manifest:
+        indices = list(indices)
+        rates = None if self.sample_rates_hz is None else self.sample_rates_hz[indices]
+        return Manifest(self.root, [self.paths[i] for i in indices], self.num_samples[indices],
+                        rates, self.source)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a fairseq ``.tsv`` (and its ``.rates`` sidecar when present)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist (build one with `speechbs manifest`)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError(f"manifest {path} is empty: line 1 must be the root directory of the audio")
+    root = Path(lines[0].strip())
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    paths: list[str] = []
+    counts: list[int] = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) < 2 or not fields[1].strip().isdigit():
+            raise DataError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        paths.append(fields[0])
+        counts.append(int(fields[1]))
+    rates = _read_rates(path, len(paths))
+    return Manifest(root, paths, np.asarray(counts, dtype=np.int64), rates, path)
+
+
+def write_manifest(manifest: Manifest, path: str | Path) -> Path:
+    """Write ``path`` (.tsv) and, when rates are known, its ``.rates`` sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = [str(manifest.root)] + [f"{p}\t{n}" for p, n in zip(manifest.paths, manifest.num_samples)]
+    _atomic_write(path, "\n".join(body) + "\n")
+    rates_path = path.with_suffix(".rates")
+    if manifest.sample_rates_hz is not None and len(manifest):
+        unique = np.unique(manifest.sample_rates_hz)
+        rates = [str(unique[0])] if len(unique) == 1 else [str(r) for r in manifest.sample_rates_hz]
+        _atomic_write(rates_path, "\n".join(rates) + "\n")
+    elif rates_path.exists():
+        rates_path.unlink()
+    return path
+
+
+def _read_rates(tsv: Path, num_lines: int) -> np.ndarray | None:
+    rates_path = tsv.with_suffix(".rates")
+    if not rates_path.is_file():
+        return None
+    values = [line.strip() for line in rates_path.read_text().splitlines() if line.strip()]
+    if not all(v.isdigit() for v in values) or len(values) not in (1, num_lines):
+        raise DataError(f"{rates_path} must hold one sample rate in Hz, or one per line of {tsv} "
+                        f"({num_lines}); rebuild it with `speechbs manifest` or delete it")
+    if len(values) == 1:
+        return np.full(num_lines, int(values[0]), dtype=np.int64)
+    return np.asarray([int(v) for v in values], dtype=np.int64)
+
+
+def label_path(manifest_path: str | Path, ext: str) -> Path:
+    """``train.tsv`` + ``ltr`` -> ``train.ltr``."""
+    return Path(manifest_path).with_suffix(f".{ext}")
+
+
+def words_to_letters(text: str) -> str:
+    """``HELLO WORLD`` -> ``H E L L O | W O R L D |`` (fairseq's letter target format)."""
+    return " ".join(WORD_BOUNDARY.join(text.split()) + WORD_BOUNDARY) if text.split() else ""
+
+
+def letters_to_words(letters: str) -> str:
+    """Inverse of :func:`words_to_letters`."""
+    return " ".join("".join(letters.split()).replace(WORD_BOUNDARY, " ").split())
+
+
+def write_labels(transcripts: list[str], manifest_path: str | Path) -> tuple[Path, Path]:
+    """Write ``.wrd`` and ``.ltr`` beside ``manifest_path``, one line per utterance."""
+    wrd = label_path(manifest_path, "wrd")
+    ltr = label_path(manifest_path, "ltr")
+    _atomic_write(wrd, "".join(f"{' '.join(t.split())}\n" for t in transcripts))
+    _atomic_write(ltr, "".join(f"{words_to_letters(t)}\n" for t in transcripts))
+    return wrd, ltr
+
+
+def read_labels(manifest: Manifest, ext: str) -> list[str]:
+    """Read the label file beside ``manifest`` and check it lines up with it."""
+    assert manifest.source is not None, "labels are found beside the manifest's .tsv"
+    path = label_path(manifest.source, ext)
+    if not path.is_file():
+        raise DataError(f"label file {path} does not exist; it must sit beside {manifest.source} "
+                        f"with one line per utterance (build both with `speechbs manifest`)")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != len(manifest):
+        raise DataError(f"{path} has {len(lines)} lines but {manifest.source} has {len(manifest)} "
+                        f"utterances; they must line up one to one (rebuild them together)")
+    return lines
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

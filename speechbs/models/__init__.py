@@ -1,0 +1,1 @@
+"""Model architectures only: no optimizers, logging or distributed code."""

@@ -1,0 +1,1 @@
+"""Training: the step engine, the loop, schedules, gradient noise."""

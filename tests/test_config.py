@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from speechbs.config import Config
+from speechbs.configio import config_hash, dump_toml, field_docs, load_config, parse_override, save_config
+from speechbs.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_fairseq_base_batch():
+    cfg = load_config()
+    assert cfg.batch.seconds == 5600.0
+    assert cfg.batch.max_device_seconds == 87.5
+
+
+def test_recipe_and_overrides(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[batch]\nminutes = 10\n[run]\nseed = 3\n")
+    cfg = load_config(recipe, ["run.seed=4", "batch.crop=shortest"])
+    assert cfg.batch.seconds == 600.0
+    assert cfg.run.seed == 4
+    assert cfg.batch.crop == "shortest"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("batch.secs=5", ["unknown key 'batch.secs'", "Did you mean batch.seconds"]),
+    ("nosection.x=1", ["unknown key 'nosection'", "Allowed in the top level"]),
+    ("batch.crop=foo", ["batch.crop", "'none', 'max', 'shortest'"]),
+    ("batch.seconds=true", ["batch.seconds", "number"]),
+    ("run.seed=1.5", ["run.seed", "int"]),
+    ("batch.seconds=-1", ["batch.seconds", "> 0"]),
+    ("batch", ["expected section.key=value"]),
+    ("batch=3", ["batch is a section"]),
+])
+def test_bad_values_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_minutes_and_seconds_together_is_an_error():
+    with pytest.raises(ConfigError, match="both batch.minutes and batch.seconds"):
+        load_config(None, ["batch.minutes=1", "batch.seconds=60"])
+
+
+def test_dump_reloads_to_the_same_config_and_hash(tmp_path):
+    cfg = load_config(None, ["batch.seconds=150", "run.name=x y"])
+    path = save_config(cfg, tmp_path / "run")
+    again = load_config(path)
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+    assert dump_toml(again) == dump_toml(cfg)
+
+
+def test_hash_changes_with_content():
+    assert config_hash(Config()) != config_hash(load_config(None, ["batch.seconds=600"]))
+    assert config_hash(Config()) == config_hash(Config())
+
+
+def test_every_field_is_documented():
+    import dataclasses
+
+    from speechbs import config as config_module
+
+    for obj in vars(config_module).values():
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config_module.__name__:
+            docs = field_docs(obj)
+            for f in dataclasses.fields(obj):
+                assert docs.get(f.name), f"{obj.__name__}.{f.name} has no docstring"
+
+
+def test_bare_word_override_is_a_string():
+    assert parse_override("data.train_manifest=a/b.tsv") == ("data.train_manifest", "a/b.tsv")
+
+
+@pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/*.toml")), ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    load_config(recipe)
