@@ -124,6 +124,115 @@ class BatchConfig:
 
 
 @dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW, with the peak learning rate stated once and scaled to the batch by a rule."""
+
+    lr: float = 5e-4
+    """Peak learning rate at ``reference_seconds`` of audio per step (wav2vec 2.0 BASE: 5e-4 at 5,600 s)."""
+
+    lr_rule: Literal["none", "linear", "sqrt"] = "none"
+    """How the peak LR follows the batch: lr * (batch.seconds / reference_seconds) ** {0, 1, 1/2}."""
+
+    reference_seconds: float = 5_600.0
+    """Batch, s, at which ``lr`` is the peak LR (the seed study anchors 5e-4 at 6,000 s = 100 min)."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam beta1, beta2 (wav2vec 2.0: 0.9, 0.98)."""
+
+    eps: float = 1e-6
+    """Adam epsilon (fairseq wav2vec 2.0: 1e-6)."""
+
+    weight_decay: float = 0.01
+    """Decoupled weight decay (AdamW), applied to weights, not to biases and norms."""
+
+    clip_norm: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables (fairseq BASE pretraining: 0)."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", "must be > 0")
+        _require(self.reference_seconds > 0, "optim.reference_seconds", "must be > 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                 f"must be two numbers in [0, 1), got {self.betas}")
+        _require(self.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping)")
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    """Learning-rate schedule: a pure function of the optimizer step."""
+
+    kind: Literal["polynomial", "tri_stage", "cyclic", "cosine", "constant"] = "polynomial"
+    """``polynomial``: linear warm-up then polynomial decay (fairseq BASE). ``tri_stage``: warm-up, hold, exponential decay (fine-tuning). ``cyclic``: triangles between lr/100 and lr (the seed study). ``cosine``: warm-up then cosine decay."""
+
+    warmup_steps: int = 32_000
+    """Steps of linear warm-up from 0 (polynomial, cosine) or from ``init_lr_scale * lr`` (tri_stage)."""
+
+    power: float = 1.0
+    """Exponent of the polynomial decay (1 = linear)."""
+
+    end_lr_scale: float = 0.0
+    """LR at the last step as a fraction of the peak (polynomial, cosine, tri_stage ``final_lr_scale``)."""
+
+    hold_steps: int = 0
+    """tri_stage: steps held at the peak after warm-up."""
+
+    init_lr_scale: float = 0.01
+    """tri_stage: LR at step 0 as a fraction of the peak."""
+
+    cycle_steps: int = 50_000
+    """cyclic: steps per triangle (up half, down half); every multiple is an LR minimum (seed study: 50,000)."""
+
+    cycle_min_scale: float = 0.01
+    """cyclic: LR at the bottom of a triangle as a fraction of the peak (seed study: 1/100)."""
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
+        _require(self.hold_steps >= 0, "schedule.hold_steps", "must be >= 0")
+        _require(self.cycle_steps >= 2, "schedule.cycle_steps", "must be >= 2")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """How long to train, and how often to log, validate and save."""
+
+    num_steps: int = 400_000
+    """Optimizer steps to train (wav2vec 2.0 BASE: 400k)."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast dtype: ``auto`` is bf16 on a GPU that supports it, fp32 on CPU."""
+
+    log_every: int = 100
+    """Steps between console lines; metrics.jsonl and TensorBoard get every step."""
+
+    valid_every: int = 5_000
+    """Steps between validation passes on ``data.valid_manifest`` (0 disables)."""
+
+    checkpoint_every: int = 5_000
+    """Steps between checkpoints (the last one is always saved)."""
+
+    keep_last: int = 2
+    """Rolling checkpoints kept besides milestones."""
+
+    milestone_steps: list[int] = field(default_factory=list)
+    """Steps whose checkpoints are kept forever (e.g. every LR minimum of a cyclic schedule)."""
+
+    milestone_hours: list[float] = field(default_factory=list)
+    """Hours of real audio seen at which a checkpoint is saved and kept forever."""
+
+    max_nonfinite_in_row: int = 20
+    """Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."""
+
+    grad_noise_every: int = 0
+    """Steps between gradient-noise measurements (0 disables); needs >= 2 micro-batches per step."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_steps >= 1, "train.num_steps", "must be >= 1")
+        for key in ("log_every", "valid_every", "checkpoint_every", "grad_noise_every"):
+            _require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
+        _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _require(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", "must be >= 1")
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole run. Sections are TOML tables of the same name."""
 
@@ -138,6 +247,15 @@ class Config:
 
     batch: BatchConfig = field(default_factory=BatchConfig)
     """Seconds of audio per optimizer step and the per-device memory cap."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and the LR scaling rule."""
+
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Length of training, logging, validation and checkpoint cadence."""
 
 
 # Keys a recipe may use in place of the canonical one: alias -> (canonical key, factor).

@@ -1,0 +1,93 @@
+"""Checkpoints: atomic writes, the last k plus milestones, and safe loading.
+
+A checkpoint is one file, ``checkpoints/step_00001234.pt``, holding a plain
+dict of tensors and numbers (model, optimizer, planner position, step, hours
+seen, the resolved config as TOML, RNG state). It is written to a temporary
+name in the same directory, flushed and renamed, so a crash during a save
+never destroys the last good checkpoint. ``checkpoints/index.json`` records
+which files are milestones (kept forever) and which is the latest.
+Loading uses ``torch.load(weights_only=True)``: no code in a checkpoint runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechbs.errors import DataError
+
+INDEX = "index.json"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    step: int,
+    state: dict[str, Any],
+    *,
+    keep_last: int,
+    milestone: bool = False,
+) -> Path:
+    """Write ``state`` for ``step`` atomically, then prune old rolling checkpoints."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / checkpoint_name(step)
+    tmp = ckpt_dir / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    index = read_index(ckpt_dir)
+    if milestone and path.name not in index["milestones"]:
+        index["milestones"].append(path.name)
+    index["latest"] = path.name
+    _write_index(ckpt_dir, index)
+    _prune(ckpt_dir, index, keep_last)
+    return path
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None. Temporary files of a crashed save are ignored."""
+    ckpt_dir = Path(ckpt_dir)
+    candidates = sorted(ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
+    return candidates[-1] if candidates else None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a speechbs checkpoint safely (``weights_only=True``) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say which and why
+        raise DataError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}). If it is a foreign pickled "
+                        f"checkpoint, convert it explicitly; speechbs never unpickles code.") from None
+
+
+def read_index(ckpt_dir: Path) -> dict[str, Any]:
+    path = ckpt_dir / INDEX
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"latest": None, "milestones": []}
+
+
+def _write_index(ckpt_dir: Path, index: dict[str, Any]) -> None:
+    tmp = ckpt_dir / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, ckpt_dir / INDEX)
+
+
+def _prune(ckpt_dir: Path, index: dict[str, Any], keep_last: int) -> None:
+    rolling = [p for p in sorted(ckpt_dir.glob("step_*.pt")) if p.name not in index["milestones"]]
+    for old in rolling[:-keep_last] if keep_last > 0 else rolling:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,76 @@
+"""The run directory: ``<output_dir>/<name>/`` with config, environment, metrics and checkpoints.
+
+Pointing a command at an existing run directory resumes it, provided the
+config is the same one (its hash is compared); a different config is refused
+with a message, because mixing two configs in one directory would make its
+curves meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechbs import __version__
+from speechbs.configio import config_hash, load_config, save_config
+from speechbs.errors import ConfigError
+
+
+def run_dir_of(cfg: Any) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def prepare_run_dir(cfg: Any, *, world_size: int, is_main: bool) -> Path:
+    """Create (or check, when resuming) the run directory; rank 0 writes the files."""
+    run_dir = run_dir_of(cfg)
+    existing = run_dir / "config.toml"
+    if existing.is_file():
+        old = load_config(existing)
+        if config_hash(old) != config_hash(cfg):
+            raise ConfigError(
+                f"run directory {run_dir} holds a run with another config (hash {config_hash(old)}, "
+                f"this one {config_hash(cfg)}); choose a new --set run.name=..., or delete the directory "
+                f"to start over. `diff <(speechbs config RECIPE) {existing}` shows what differs.")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir)
+        write_env(run_dir, world_size)
+    return run_dir
+
+
+def write_env(run_dir: Path, world_size: int) -> None:
+    """Versions, git commit, world size and devices, appended per launch (a resume is a new launch)."""
+    env = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "speechbs": __version__,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "world_size": world_size,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"],
+        "argv": sys.argv,
+    }
+    path = run_dir / "env.json"
+    launches = json.loads(path.read_text()) if path.is_file() else []
+    launches.append(env)
+    path.write_text(json.dumps(launches, indent=1) + "\n")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

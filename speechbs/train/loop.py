@@ -1,0 +1,206 @@
+"""The training loop, shared by pretraining and fine-tuning. Read it top to bottom.
+
+build -> restore -> loop (plan, step, account, log, validate, checkpoint).
+
+What differs between pretraining and fine-tuning (the model, how a
+micro-batch becomes a loss sum, validation) comes in a :class:`Task`; the
+batch plan, the step engine, schedules, checkpoints and accounting are the
+same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
+"checkpoint saved, requeue me".
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from speechbs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from speechbs.configio import dump_toml
+from speechbs.data.batching import BatchPlanner
+from speechbs.data.loader import iter_steps
+from speechbs.data.manifest import read_manifest
+from speechbs.dist import DistContext
+from speechbs.rundir import prepare_run_dir
+from speechbs.train.metrics import MetricsLogger
+from speechbs.train.optim import build_optimizer, set_lr
+from speechbs.train.schedule import lr_scale, peak_lr
+from speechbs.train.step import NonFiniteGuard, train_step
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted, checkpoint saved; the SLURM template requeues on it
+
+
+@dataclass
+class Task:
+    """The parts of training that depend on what is trained."""
+
+    model: nn.Module
+    forward: Callable[..., Any]
+    """forward(model, micro_batch, step=k) -> StepOutput (loss sum, number of targets, log sums)."""
+    step_logs: Callable[[int], dict[str, float]] = lambda step: {}
+    """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
+    validate: Callable[[nn.Module, int], dict[str, float]] | None = None
+    """validate(model, step) -> metrics; called on every rank, logged by rank 0."""
+    after_step: Callable[[nn.Module, int], None] | None = None
+    """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Optimizer steps taken."""
+    hours_seen: float = 0.0
+    """Real audio consumed, h (cropped-away audio does not count)."""
+    num_skipped: int = 0
+    planner: dict = field(default_factory=dict)
+
+
+def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
+    """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint."""
+    # --- build ------------------------------------------------------------------
+    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main)
+    ckpt_dir = run_dir / "checkpoints"
+    manifest = read_manifest(cfg.data.train_manifest)
+    planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
+                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed)
+    task = build_task(cfg, ctx)
+    model = ctx.wrap_model(task.model)
+    optimizer = build_optimizer(task.model, cfg.optim)
+    lr_peak = peak_lr(cfg.optim, cfg.batch.seconds)
+    state = TrainState()
+    log = MetricsLogger(run_dir, enabled=ctx.is_main, total_steps=cfg.train.num_steps,
+                        log_every=cfg.train.log_every)
+
+    # --- restore ------------------------------------------------------------------
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        state = _restore(load_checkpoint(latest), task.model, optimizer, planner)
+        log.message(f"resumed from {latest} at step {state.step} ({state.hours_seen:.3f} h seen)")
+    if state.step >= cfg.train.num_steps:
+        log.message(f"run {run_dir} is already complete ({state.step} steps)")
+        log.close()
+        return state
+    log.message(f"training {run_dir}: batch {cfg.batch.seconds:g} s of audio per step, peak LR "
+                f"{lr_peak:.3g} ({cfg.optim.lr_rule} rule), {ctx.world_size} process(es)")
+
+    stop = _StopFlag()
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
+    milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
+    steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
+                       num_workers=cfg.data.num_workers)
+    tick = time.monotonic()
+
+    # --- loop ---------------------------------------------------------------------
+    while state.step < cfg.train.num_steps:
+        data = next(steps)
+        lr = lr_peak * lr_scale(state.step, cfg.schedule, cfg.train.num_steps)
+        set_lr(optimizer, lr)
+        _seed_step(cfg.run.seed, state.step, ctx.rank)
+        report = train_step(model, optimizer, data.micro_batches,
+                            lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
+                            clip_norm=cfg.optim.clip_norm or None, autocast=ctx.autocast(cfg.train.precision))
+        state.step += 1
+        state.hours_seen += data.stats.real_seconds / 3600
+        state.planner = planner.state_dict()
+        if report.skipped:
+            state.num_skipped += 1
+        guard.update(report)  # raises after too many non-finite steps in a row
+        if task.after_step is not None:
+            task.after_step(task.model, state.step)
+
+        now = time.monotonic()
+        seconds_per_step, tick = now - tick, now
+        log.log_step(state.step, {
+            **report.metrics(), "lr": lr, **task.step_logs(state.step), **data.stats.as_dict(),
+            "hours_seen": state.hours_seen, "num_skipped": state.num_skipped,
+            "audio_s_per_s": data.stats.real_seconds / seconds_per_step / ctx.world_size,
+            "step_s": seconds_per_step, **_memory(ctx)})
+
+        if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
+            log.log_step(state.step, task.validate(task.model, state.step), kind="valid")
+
+        milestone = bool(milestone_hours and state.hours_seen >= milestone_hours[0])
+        while milestone_hours and state.hours_seen >= milestone_hours[0]:
+            milestone_hours.pop(0)
+        milestone |= state.step in cfg.train.milestone_steps
+        stopping = stop.agreed(ctx)
+        if (milestone or stopping or state.step == cfg.train.num_steps
+                or state.step % max(cfg.train.checkpoint_every, 1) == 0):
+            if ctx.is_main:
+                save_checkpoint(ckpt_dir, state.step, _state_dict(cfg, task.model, optimizer, state),
+                                keep_last=cfg.train.keep_last, milestone=milestone)
+            ctx.barrier()
+        if stopping:
+            log.message(f"stopped by signal at step {state.step}; checkpoint saved, exit {EXIT_REQUEUE} to requeue")
+            log.close()
+            raise SystemExit(EXIT_REQUEUE)
+
+    log.message(f"done: {state.step} steps, {state.hours_seen:.3f} h of audio seen")
+    log.close()
+    return state
+
+
+def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "planner": state.planner,
+        "step": state.step,
+        "hours_seen": state.hours_seen,
+        "num_skipped": state.num_skipped,
+        "config_toml": dump_toml(cfg),
+        "rng_torch": torch.get_rng_state(),
+    }
+
+
+def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner) -> TrainState:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    planner.load_state_dict(ckpt["planner"])
+    return TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
+                      num_skipped=int(ckpt["num_skipped"]), planner=dict(ckpt["planner"]))
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    """Reseed dropout and other global-RNG draws from (seed, step, rank).
+
+    Resuming at step k then draws exactly what an uninterrupted run draws,
+    with no RNG state to carry across a change in the number of processes.
+    """
+    torch.manual_seed((seed * 1_000_003 + step) * 4_099 + rank)
+
+
+def _memory(ctx: DistContext) -> dict[str, float]:
+    if ctx.device.type != "cuda":
+        return {}
+    peak_gib = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+    torch.cuda.reset_peak_memory_stats(ctx.device)
+    return {"peak_memory_gib": peak_gib}
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGUSR1 (cluster preemption); every rank stops at the same step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under a test runner thread)
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def agreed(self, ctx: DistContext) -> bool:
+        if ctx.world_size == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
+        ctx.all_reduce_sum(flag)
+        return bool(flag.item() > 0)
+
