@@ -79,6 +79,8 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     infos: list[AudioInfo | None] = field(default_factory=list)
     """Header of each utterance (None where unreadable or not read)."""
+    notes: list[str] = field(default_factory=list)
+    """Manifest-wide remarks that are not about one utterance."""
 
     @property
     def skipped(self) -> list[Problem]:
@@ -112,6 +114,7 @@ class ValidationReport:
             lines.append(f"  {rule:<19}{num:>8}  {'fixed at load' if fixed else 'skipped'}")
         listed = self.problems if list_warnings else self.skipped
         shown = listed if max_listed <= 0 else listed[:max_listed]
+        lines.extend(f"  note: {note}" for note in self.notes)
         lines.extend(f"  {p}" for p in shown)
         if len(shown) < len(listed):
             lines.append(f"  ... and {len(listed) - len(shown)} more (--max-listed 0 lists all)")
@@ -199,6 +202,11 @@ def validate_manifest(
         if labels is not None:
             found += _label_problems(i, rel, labels[i], label_kind, vocab)
         report.problems += [p for p in found if p.rule in active]
+    file_rates = {i.sample_rate_hz for i in report.infos if i is not None}
+    if manifest.sample_rates_hz is None and file_rates - {cfg.sample_rate_hz}:
+        report.notes.append(f"no .rates sidecar, so durations are computed as if every file were at "
+                            f"{cfg.sample_rate_hz} Hz, but some are at {sorted(file_rates)} Hz; the "
+                            f"cleaned manifest records the rates")
     return report
 
 

@@ -106,6 +106,7 @@ def test_default_cli_writes_cleaned_manifest_with_aligned_labels(corpus: Path,
     assert cli(["validate", str(corpus), "--labels", "ltr", "--set", "audio.max_seconds=2"]) == 0
     out = capsys.readouterr().out
     assert "13 utterances, 4 usable, 9 skipped, 2 warnings" in out
+    assert "note: no .rates sidecar" in out  # eight.wav's duration was wrong in the input
     assert "corrupt.flac: unreadable: cannot read the audio header" in out
     cleaned = read_manifest(corpus.with_name("m.clean.tsv"))
     assert cleaned.paths == ["good.wav", "good2.flac", "stereo.wav", "eight.wav"]
