@@ -95,11 +95,15 @@ def collect(source: str | Path, kind: str = "auto", exts: tuple[str, ...] = DEFA
 def from_directory(root: Path, exts: tuple[str, ...], table: dict[str, str] | None) -> Collected:
     """Every file under ``root`` (recursively) whose extension is in ``exts``, sorted."""
     suffixes = tuple(f".{e.lower().lstrip('.')}" for e in exts)
-    rel_paths = sorted(
-        os.path.relpath(os.path.join(d, name), root)
-        for d, _, names in os.walk(root, followlinks=True)
-        for name in names if name.lower().endswith(suffixes)
-    )
+    rel_paths: list[str] = []
+    seen_dirs = {os.path.realpath(root)}
+    for folder, subdirs, names in os.walk(root, followlinks=True):
+        # Linked folders are followed (corpora are often assembled from links), each once.
+        subdirs[:] = [d for d in subdirs if os.path.realpath(os.path.join(folder, d)) not in seen_dirs]
+        seen_dirs.update(os.path.realpath(os.path.join(folder, d)) for d in subdirs)
+        rel_paths += [os.path.relpath(os.path.join(folder, n), root) for n in names
+                      if n.lower().endswith(suffixes)]
+    rel_paths.sort()
     if not rel_paths:
         raise DataError(f"no audio files ({', '.join(suffixes)}) under {root}; use --ext to choose others")
     collected = Collected(root.resolve(), rel_paths, None)

@@ -238,3 +238,12 @@ def test_ljspeech_text_is_normalized(ljspeech_dir: Path, tmp_path: Path) -> None
     words = read_labels(manifest, "wrd")
     assert words[1] == "IN BEING COMPARATIVELY MODERN"
     assert all(set(w) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ") for w in words)
+
+
+def test_directory_walk_follows_links_once(tmp_path: Path) -> None:
+    write_wav(tmp_path / "a" / "sub" / "x.wav", 500)
+    write_wav(tmp_path / "a" / "top.flac", 500)
+    (tmp_path / "a" / "sub" / "loop").symlink_to(tmp_path / "a")
+    write_wav(tmp_path / "other" / "y.WAV", 600)
+    (tmp_path / "a" / "linked").symlink_to(tmp_path / "other")
+    assert collect(tmp_path / "a", "dir").rel_paths == ["linked/y.WAV", "sub/x.wav", "top.flac"]
