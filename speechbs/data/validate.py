@@ -263,7 +263,7 @@ def _decode_error(path: Path, info: AudioInfo) -> str:
 
 def _label_problems(i: int, rel: str, line: str, kind: str, vocab: Vocabulary) -> list[Problem]:
     if not line.replace(WORD_BOUNDARY, " ").strip():
-        return [Problem(i, rel, "missing_transcript", f"empty .{kind} line {i + 1}")]
+        return [Problem(i, rel, "missing_transcript", f"no transcript (label line {i + 1} is empty)")]
     unknown = vocab.unknown(line, kind)
     if unknown:
         return [Problem(i, rel, "unknown_chars",
