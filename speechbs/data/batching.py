@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +132,12 @@ class BatchPlanner:
         self.bucket_N = rank_N * cfg.num_buckets // len(self.capped_N)
         total = int(self.capped_N.sum())
         self.steps_per_epoch = max(1, round(total / (cfg.seconds * sample_rate_hz)))
+        step_s = total / self.steps_per_epoch / sample_rate_hz
+        if abs(step_s - cfg.seconds) > 0.01 * cfg.seconds:
+            warnings.warn(f"batch.seconds = {cfg.seconds}: the training set ({total / sample_rate_hz:.1f} s) "
+                          f"gives {self.steps_per_epoch} steps per epoch of {step_s:.1f} s each (every "
+                          f"utterance once per epoch); use a larger manifest or a batch.seconds that "
+                          f"divides it more evenly", stacklevel=2)
         self.epoch = 0
         self.step_in_epoch = 0
         self._cache: tuple[int, _EpochPlan] | None = None
@@ -255,6 +262,11 @@ class BatchPlanner:
     def plan_epoch(self, epoch: int) -> list[GlobalBatch]:
         """All global batches of one epoch, in step order; deterministic in (seed, epoch, lengths, cfg)."""
         return [self.batch_at(epoch, step) for step in range(self.steps_per_epoch)]
+
+    def real_samples_per_step(self, epoch: int) -> np.ndarray:
+        """Real samples of every step of an epoch, without building the batches (for reports)."""
+        plan = self._epoch_plan(epoch)
+        return np.add.reduceat(plan.used_N, plan.bounds_K1[:-1])[plan.batch_of_step_K]
 
     def next_batch(self) -> GlobalBatch:
         """The batch at the current position; then advance (rolling over to the next epoch)."""

@@ -15,6 +15,8 @@ from speechbs.errors import PlanError
 
 RATE = 16_000
 WORLD_SIZES = [1, 2, 3, 4, 8]
+# Large batches on the 3000-utterance corpus give few steps per epoch; the warning has its own test.
+pytestmark = pytest.mark.filterwarnings("ignore:batch.seconds")
 
 
 def librispeech_like(num_utts: int, seed: int = 0) -> np.ndarray:
@@ -203,3 +205,15 @@ def test_types_are_the_published_api():
     seg = Segment(index=3, offset_samples=0, num_samples=10)
     gb = GlobalBatch(epoch=0, step_in_epoch=0, segments=(seg,), real_samples=10, cropped_samples=0)
     assert MicroBatch((seg,), 10).padded_samples == 10 and gb.segments[0].index == 3
+
+
+def test_real_samples_per_step_matches_the_batches(lengths):
+    p = planner(lengths, crop="shortest")
+    assert p.real_samples_per_step(2).tolist() == [gb.real_samples for gb in p.plan_epoch(2)]
+
+
+def test_uneven_epoch_warns_with_the_realized_step():
+    lengths = np.full(10, 6 * RATE)  # 60 s: 150 s would not fit; 40 s gives 2 steps of 30 s
+    with pytest.warns(UserWarning, match="2 steps per epoch of 30.0 s"):
+        p = planner(lengths, seconds=40.0, max_device_seconds=20.0)
+    assert [gb.real_samples for gb in p.plan_epoch(0)] == [30 * RATE] * 2
