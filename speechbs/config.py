@@ -111,16 +111,20 @@ class BatchConfig:
     """Longest utterance kept whole when ``crop`` is ``max`` or ``shortest``, s (fairseq: 250,000 samples)."""
 
     cost: Literal["seconds", "quadratic"] = "seconds"
-    """How an utterance counts against ``max_device_seconds``: its padded length, or padded length plus an attention term that grows with length squared."""
+    """How a micro-batch counts against ``max_device_seconds``: ``seconds`` = padded s; ``quadratic`` = padded s * (1 + longest s / ``cost_length_seconds``), for self-attention's length-squared term."""
+
+    cost_length_seconds: float = 90.0
+    """L0 of the ``quadratic`` cost, s: the length at which the attention term equals the linear one (about 90 s for a 768-wide BASE transformer at 50 frames/s)."""
 
     num_buckets: int = 32
-    """Length buckets the planner draws from; more buckets, less padding, less randomness."""
+    """Length buckets (equal-count quantiles) the planner draws each global batch from; more buckets, less padding, less randomness in which utterances meet."""
 
     def __post_init__(self) -> None:
         _require(self.seconds > 0, "batch.seconds", "must be > 0 (seconds of audio per optimizer step)")
         _require(self.max_device_seconds > 0, "batch.max_device_seconds", "must be > 0")
         _require(self.crop_max_seconds > 0, "batch.crop_max_seconds", "must be > 0")
         _require(self.num_buckets >= 1, "batch.num_buckets", "must be >= 1")
+        _require(self.cost_length_seconds > 0, "batch.cost_length_seconds", "must be > 0")
 
 
 @dataclass(kw_only=True)

@@ -1,0 +1,378 @@
+"""The global batch planner: a batch is seconds of real audio per optimizer step (DESIGN section 2).
+
+Legend: N = utterances in the manifest, K = global batches (steps) in an epoch,
+S = segments in one global batch, W = world size (devices), M = micro-batches per device.
+
+Two stages, kept apart on purpose. :meth:`BatchPlanner.plan_epoch` chooses the
+GLOBAL set of utterances for every step from (lengths, seed, epoch, config)
+alone, so the experiment is the same on 1 or 64 devices. :meth:`BatchPlanner.split`
+then cuts one global batch into per-device micro-batches that fit the memory
+cap, with the same number of micro-batches on every device (DDP needs every rank
+to run the same number of backward passes). docs/batching.md is the user contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from speechbs.config import BatchConfig
+from speechbs.errors import PlanError
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """The part of one utterance used in a step."""
+
+    index: int
+    """Row in the manifest."""
+    offset_samples: int
+    """Crop start, at the model rate."""
+    num_samples: int
+    """Samples used (after the crop), at the model rate."""
+
+
+@dataclass(frozen=True, slots=True)
+class MicroBatch:
+    """One forward pass on one device; may be empty when a device has nothing left to run."""
+
+    segments: tuple[Segment, ...]
+    padded_samples: int
+    """``len(segments) * longest segment`` (0 when empty)."""
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.segments
+
+
+EMPTY_MICRO_BATCH = MicroBatch((), 0)
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """Everything one optimizer step sees, over all devices and accumulation."""
+
+    epoch: int
+    step_in_epoch: int
+    segments: tuple[Segment, ...]
+    real_samples: int
+    """Audio used, at the model rate."""
+    cropped_samples: int
+    """Audio of these utterances cut away by the crop policy (not counted as seen)."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Per-step accounting that the training loop logs (DESIGN section 2, honest accounting)."""
+
+    real_s: float
+    padded_s: float
+    """Padded audio computed over all devices (placeholder rows of empty micro-batches excluded)."""
+    packing_efficiency: float
+    """real_s / padded_s."""
+    num_micro_batches: int
+    """Per device (the same on every device)."""
+    num_empty_micro_batches: int
+    """Over all devices: placeholders that run with loss weight 0."""
+    max_device_padded_s: float
+    """Padded seconds on the busiest device: the step's wall time is set by it."""
+    cropped_s: float
+    num_utterances: int
+
+    @classmethod
+    def from_split(cls, batch: GlobalBatch, split: list[list[MicroBatch]], sample_rate_hz: int) -> BatchStats:
+        per_device = [sum(mb.padded_samples for mb in micro) for micro in split]
+        padded = sum(per_device)
+        return cls(
+            real_s=batch.real_samples / sample_rate_hz,
+            padded_s=padded / sample_rate_hz,
+            packing_efficiency=batch.real_samples / padded if padded else 1.0,
+            num_micro_batches=len(split[0]) if split else 0,
+            num_empty_micro_batches=sum(mb.is_empty for micro in split for mb in micro),
+            max_device_padded_s=max(per_device, default=0) / sample_rate_hz,
+            cropped_s=batch.cropped_samples / sample_rate_hz,
+            num_utterances=len(batch.segments),
+        )
+
+
+@dataclass(frozen=True)
+class _EpochPlan:
+    """One epoch as arrays; GlobalBatch objects are built on demand (N can be 281k)."""
+
+    order_N: np.ndarray
+    """Manifest rows in stream order (length buckets, shuffled within each)."""
+    offsets_N: np.ndarray
+    used_N: np.ndarray
+    bounds_K1: np.ndarray
+    """Batch k is stream[bounds[k]:bounds[k + 1]]."""
+    batch_of_step_K: np.ndarray
+    """Which batch is taken at each step: batches are shuffled."""
+
+
+class BatchPlanner:
+    """Deterministic plan of global batches, and their split into micro-batches per device."""
+
+    def __init__(self, num_samples: np.ndarray, cfg: BatchConfig, *, sample_rate_hz: int, seed: int) -> None:
+        self.num_samples_N = np.asarray(num_samples, dtype=np.int64)
+        self.cfg = cfg
+        self.sample_rate_hz = sample_rate_hz
+        self.seed = seed
+        crop = cfg.crop != "none"
+        self._crop_samples = round(cfg.crop_max_seconds * sample_rate_hz) if crop else None
+        self._validate()
+        self.capped_N = (self.num_samples_N if self._crop_samples is None
+                         else np.minimum(self.num_samples_N, self._crop_samples))
+        # Equal-count quantile buckets: rank by length, then cut the ranks into num_buckets parts.
+        rank_N = np.empty(len(self.capped_N), dtype=np.int64)
+        rank_N[np.argsort(self.capped_N, kind="stable")] = np.arange(len(self.capped_N))
+        self.bucket_N = rank_N * cfg.num_buckets // len(self.capped_N)
+        total = int(self.capped_N.sum())
+        self.steps_per_epoch = max(1, round(total / (cfg.seconds * sample_rate_hz)))
+        step_s = total / self.steps_per_epoch / sample_rate_hz
+        if abs(step_s - cfg.seconds) > 0.01 * cfg.seconds:
+            warnings.warn(f"batch.seconds = {cfg.seconds}: the training set ({total / sample_rate_hz:.1f} s) "
+                          f"gives {self.steps_per_epoch} steps per epoch of {step_s:.1f} s each (every "
+                          f"utterance once per epoch); use a larger manifest or a batch.seconds that "
+                          f"divides it more evenly", stacklevel=2)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self._cache: tuple[int, _EpochPlan] | None = None
+
+    # ----------------------------------------------------------------- checks
+    def _unit_cost_s(self, num_samples: np.ndarray | float) -> np.ndarray | float:
+        """Cost of one row of this length in a micro-batch, in cap seconds."""
+        length_s = np.asarray(num_samples, dtype=np.float64) / self.sample_rate_hz
+        if self.cfg.cost == "quadratic":
+            return length_s * (1.0 + length_s / self.cfg.cost_length_seconds)
+        return length_s
+
+    def _validate(self) -> None:
+        n, cfg, rate = self.num_samples_N, self.cfg, self.sample_rate_hz
+        if n.ndim != 1 or len(n) == 0:
+            raise PlanError("the training manifest has no utterances; nothing to plan")
+        if int(n.min()) <= 0:
+            row = int(np.argmin(n))
+            raise PlanError(f"manifest row {row} has no audio (0 samples); run `speechbs validate` "
+                            f"on the manifest and drop empty files")
+        longest = int(n.max())
+        used_longest = longest if self._crop_samples is None else min(longest, self._crop_samples)
+        need_s = float(self._unit_cost_s(used_longest))
+        if need_s > cfg.max_device_seconds:
+            if self._crop_samples is None:
+                raise PlanError(
+                    f"the longest utterance (manifest row {int(np.argmax(n))}, {longest / rate:.2f} s) "
+                    f"does not fit in one forward pass of batch.max_device_seconds = {cfg.max_device_seconds} "
+                    f"(cost {need_s:.2f} s): raise batch.max_device_seconds to >= {_ceil1(need_s)} "
+                    f"or set batch.crop = \"max\" with batch.crop_max_seconds <= {_floor1(self._fit_s())}")
+            raise PlanError(
+                f"batch.crop_max_seconds = {cfg.crop_max_seconds} does not fit in one forward pass of "
+                f"batch.max_device_seconds = {cfg.max_device_seconds} (cost {need_s:.2f} s): raise "
+                f"batch.max_device_seconds to >= {_ceil1(need_s)} or lower batch.crop_max_seconds "
+                f"to <= {_floor1(self._fit_s())}")
+        if used_longest > cfg.seconds * rate:
+            raise PlanError(
+                f"batch.seconds = {cfg.seconds} is shorter than the longest utterance "
+                f"({used_longest / rate:.2f} s, manifest row {int(np.argmax(n))}): raise batch.seconds "
+                f"(or batch.minutes) to >= {_ceil1(used_longest / rate)}, or set batch.crop = \"max\" "
+                f"with a smaller batch.crop_max_seconds")
+        capped_total = n.sum() if self._crop_samples is None else np.minimum(n, self._crop_samples).sum()
+        if capped_total < cfg.seconds * rate:
+            raise PlanError(
+                f"batch.seconds = {cfg.seconds} is more than the whole training set "
+                f"({capped_total / rate:.1f} s of usable audio): lower batch.seconds to <= "
+                f"{_floor1(capped_total / rate)} or use a larger manifest")
+
+    def _fit_s(self) -> float:
+        """Longest single utterance, s, whose cost fits the cap (inverse of the unit cost)."""
+        cap, length0 = self.cfg.max_device_seconds, self.cfg.cost_length_seconds
+        if self.cfg.cost == "quadratic":
+            return (math.sqrt(1.0 + 4.0 * cap / length0) - 1.0) * length0 / 2.0
+        return cap
+
+    # ---------------------------------------------------------------- planning
+    def _epoch_plan(self, epoch: int) -> _EpochPlan:
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        # One generator per (seed, epoch): any epoch can be planned without planning the ones before.
+        rng = np.random.default_rng([self.seed, epoch])
+        num_utts = len(self.num_samples_N)
+        order_N = np.lexsort((rng.random(num_utts), self.bucket_N))
+        crop_u_N = rng.random(num_utts)
+        used_N = self.capped_N[order_N]
+        bounds_K1 = self._cut(used_N)
+        if self.cfg.crop == "shortest":
+            used_N = self._crop_to_shortest(used_N, bounds_K1)
+        full_N = self.num_samples_N[order_N]
+        # Random crop start, as fairseq's RawAudioDataset.crop_to_max_size does.
+        offsets_N = np.floor(crop_u_N * (full_N - used_N + 1)).astype(np.int64)
+        plan = _EpochPlan(order_N, offsets_N, used_N, bounds_K1, rng.permutation(len(bounds_K1) - 1))
+        self._cache = (epoch, plan)
+        return plan
+
+    def _cut(self, used_N: np.ndarray) -> np.ndarray:
+        """Cut the stream into K batches at the cumulative sum nearest k * (total / K).
+
+        Cutting at multiples of the epoch's own per-step target spreads the
+        epoch's remainder over all K steps instead of leaving one short step
+        (every utterance is used once; no step is a fraction of a batch).
+        """
+        cum_N = np.cumsum(used_N)
+        num_steps = self.steps_per_epoch
+        goals = np.arange(1, num_steps) * (cum_N[-1] / num_steps)
+        j = np.searchsorted(cum_N, goals)
+        before = np.where(j > 0, cum_N[np.maximum(j - 1, 0)], 0)
+        ends = np.where(cum_N[j] - goals <= goals - before, j + 1, j)
+        bounds = np.concatenate([[0], ends, [len(used_N)]]).astype(np.int64)
+        if np.any(np.diff(bounds) <= 0):
+            raise PlanError(f"batch.seconds = {self.cfg.seconds} is too close to the longest utterance "
+                            f"to give every step at least one utterance: raise batch.seconds")
+        return bounds
+
+    def _crop_to_shortest(self, used_N: np.ndarray, bounds_K1: np.ndarray) -> np.ndarray:
+        """fairseq's crop: group each batch by length under the cap, cut each group to its shortest.
+
+        The groups are formed here, from the global batch alone, so what is
+        cropped does not depend on the number of devices.
+        """
+        out_N = used_N.copy()
+        cap = self.cfg.max_device_seconds
+        for start, end in zip(bounds_K1[:-1].tolist(), bounds_K1[1:].tolist()):
+            local = np.argsort(-used_N[start:end], kind="stable")
+            lengths = used_N[start:end][local]
+            for a, b in _greedy_bins(self._unit_cost_s(lengths), cap):
+                out_N[start + local[a:b]] = lengths[b - 1]
+        return out_N
+
+    def batch_at(self, epoch: int, step_in_epoch: int) -> GlobalBatch:
+        """The global batch of one step; pure (does not move the position)."""
+        assert 0 <= step_in_epoch < self.steps_per_epoch
+        plan = self._epoch_plan(epoch)
+        k = int(plan.batch_of_step_K[step_in_epoch])
+        a, b = int(plan.bounds_K1[k]), int(plan.bounds_K1[k + 1])
+        rows, used = plan.order_N[a:b], plan.used_N[a:b]
+        segments = tuple(Segment(i, o, u) for i, o, u in
+                         zip(rows.tolist(), plan.offsets_N[a:b].tolist(), used.tolist()))
+        real = int(used.sum())
+        return GlobalBatch(epoch, step_in_epoch, segments, real, int(self.num_samples_N[rows].sum()) - real)
+
+    def plan_epoch(self, epoch: int) -> list[GlobalBatch]:
+        """All global batches of one epoch, in step order; deterministic in (seed, epoch, lengths, cfg)."""
+        return [self.batch_at(epoch, step) for step in range(self.steps_per_epoch)]
+
+    def real_samples_per_step(self, epoch: int) -> np.ndarray:
+        """Real samples of every step of an epoch, without building the batches (for reports)."""
+        plan = self._epoch_plan(epoch)
+        return np.add.reduceat(plan.used_N, plan.bounds_K1[:-1])[plan.batch_of_step_K]
+
+    def next_batch(self) -> GlobalBatch:
+        """The batch at the current position; then advance (rolling over to the next epoch)."""
+        batch = self.batch_at(self.epoch, self.step_in_epoch)
+        self.step_in_epoch += 1
+        if self.step_in_epoch == self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        return batch
+
+    # ------------------------------------------------------------------ split
+    def split(self, batch: GlobalBatch, world_size: int) -> list[list[MicroBatch]]:
+        """Per-device micro-batches ``[rank][micro]``; depends only on (batch, world_size, cfg).
+
+        Sort by length, find the fewest contiguous bins under the cap (B), give
+        every device M = ceil(B / W) slots, re-cut into at most W * M bins with
+        the smallest largest-bin cost (balanced work), then assign bins to
+        devices longest-processing-time first, at most M per device; leftover
+        slots are empty micro-batches.
+        """
+        assert world_size >= 1
+        segments = sorted(batch.segments, key=lambda s: -s.num_samples)
+        lengths = np.asarray([s.num_samples for s in segments], dtype=np.int64)
+        unit_S = self._unit_cost_s(lengths)
+        cap = self.cfg.max_device_seconds
+        num_slots = math.ceil(len(_greedy_bins(unit_S, cap)) / world_size) * world_size
+        bins = _balanced_bins(unit_S, num_slots, cap)
+        micro = [MicroBatch(tuple(segments[a:b]), (b - a) * int(lengths[a])) for a, b in bins]
+        costs = [(b - a) * float(unit_S[a]) for a, b in bins]
+        micro += [EMPTY_MICRO_BATCH] * (num_slots - len(micro))
+        costs += [0.0] * (num_slots - len(costs))
+        return _assign(micro, costs, world_size, num_slots // world_size)
+
+    # ------------------------------------------------------------------ state
+    def _fingerprint(self) -> str:
+        """What the global sequence depends on (not the world size, not the cap unless it crops)."""
+        cfg = self.cfg
+        keys = [cfg.seconds, cfg.crop, cfg.crop_max_seconds, cfg.num_buckets, self.sample_rate_hz]
+        if cfg.crop == "shortest":
+            keys += [cfg.max_device_seconds, cfg.cost, cfg.cost_length_seconds]
+        digest = hashlib.sha256(repr(keys).encode())
+        digest.update(self.num_samples_N.tobytes())
+        return digest.hexdigest()[:16]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "seed": self.seed,
+                "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed or state.get("fingerprint") != self._fingerprint():
+            raise PlanError("the checkpoint's batch plan was made for another manifest, seed or batch "
+                            "setting (batch.seconds, batch.crop, ...): resume with the same data and "
+                            "batch settings, or start a new run")
+        if not 0 <= int(state["step_in_epoch"]) < self.steps_per_epoch:
+            raise PlanError(f"the checkpoint's step_in_epoch {state['step_in_epoch']} is outside this "
+                            f"plan's {self.steps_per_epoch} steps per epoch")
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+
+
+def _greedy_bins(unit_S: np.ndarray, limit: float) -> list[tuple[int, int]]:
+    """Fewest contiguous bins of a length-sorted (descending) run whose cost stays <= limit.
+
+    A bin's cost is its count times its first (longest) row's unit cost, so
+    greedy filling from the left is optimal for contiguous bins.
+    """
+    bins: list[tuple[int, int]] = []
+    start, num_rows = 0, len(unit_S)
+    while start < num_rows:
+        count = max(1, int(limit * (1 + 1e-9) / float(unit_S[start])))
+        bins.append((start, min(num_rows, start + count)))
+        start += count
+    return bins
+
+
+def _balanced_bins(unit_S: np.ndarray, max_bins: int, cap: float) -> list[tuple[int, int]]:
+    """At most ``max_bins`` contiguous bins with the smallest largest-bin cost (bisection on it)."""
+    if len(unit_S) == 0:
+        return []
+    low, high = float(unit_S[0]), cap
+    if len(_greedy_bins(unit_S, low)) <= max_bins:
+        return _greedy_bins(unit_S, low)
+    for _ in range(40):
+        mid = (low + high) / 2
+        if len(_greedy_bins(unit_S, mid)) <= max_bins:
+            high = mid
+        else:
+            low = mid
+    return _greedy_bins(unit_S, high)
+
+
+def _assign(micro: list[MicroBatch], costs: list[float], world_size: int,
+            per_device: int) -> list[list[MicroBatch]]:
+    """Longest-processing-time first onto the least-loaded device that has a free slot."""
+    loads = np.zeros(world_size)
+    counts = np.zeros(world_size, dtype=np.int64)
+    out: list[list[MicroBatch]] = [[] for _ in range(world_size)]
+    for k in sorted(range(len(micro)), key=lambda k: -costs[k]):
+        rank = int(np.argmin(np.where(counts < per_device, loads, np.inf)))
+        out[rank].append(micro[k])
+        loads[rank] += costs[k]
+        counts[rank] += 1
+    return out
+
+
+def _ceil1(value: float) -> float:
+    return math.ceil(value * 10 - 1e-9) / 10
+
+
+def _floor1(value: float) -> float:
+    return math.floor(value * 10 + 1e-9) / 10

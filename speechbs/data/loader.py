@@ -1,0 +1,145 @@
+"""From micro-batch plans to padded tensors, decoded in DataLoader worker processes.
+
+Legend: B = rows in a micro-batch, T = samples of its longest row (at the model rate).
+
+The planner decides WHAT each device sees (speechbs.data.batching); this module
+only loads it. Each dataset item is one :class:`MicroBatch` plan, so the
+DataLoader runs with ``batch_size=None`` and never re-batches. Plans are fed in
+order from the main process; workers only decode, so the order of steps never
+depends on ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechbs.config import AudioConfig, BatchConfig
+from speechbs.data.audio import load_audio
+from speechbs.data.batching import BatchPlanner, BatchStats, GlobalBatch, MicroBatch
+from speechbs.data.manifest import Manifest
+
+TargetsFn = Callable[[np.ndarray], Any]
+"""Fine-tuning hook: manifest rows of a micro-batch -> its targets (e.g. padded label ids)."""
+
+
+@dataclass
+class AudioBatch:
+    """One micro-batch, ready for the model."""
+
+    wav_BT: torch.Tensor
+    """float32, zero-padded after each row's length."""
+    lengths_B: torch.Tensor
+    """int64, real samples per row."""
+    indices_B: torch.Tensor
+    """int64, manifest rows (-1 for a placeholder row)."""
+    is_empty: bool
+    """A placeholder for an empty micro-batch: run it, multiply its loss by 0 (DDP sees every parameter)."""
+    targets: Any = None
+    """What ``targets`` returned for these rows (None in pretraining and for placeholders)."""
+
+
+@dataclass
+class StepData:
+    """Everything one device needs for one optimizer step."""
+
+    batch: GlobalBatch
+    micro_batches: list[AudioBatch]
+    stats: BatchStats
+
+
+@dataclass(frozen=True)
+class _Item:
+    """What the main process sends to a worker: a plan and the placeholder length."""
+
+    micro: MicroBatch
+    fill_samples: int
+
+
+def build_planner(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, seed: int) -> BatchPlanner:
+    """A planner over the manifest's lengths at the model's rate."""
+    lengths = manifest.num_model_samples(audio_cfg.sample_rate_hz)
+    return BatchPlanner(lengths, batch_cfg, sample_rate_hz=audio_cfg.sample_rate_hz, seed=seed)
+
+
+def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBatch, fill_samples: int,
+                     targets: TargetsFn | None = None) -> AudioBatch:
+    """Decode and pad one micro-batch; an empty plan becomes one zero row of ``fill_samples``."""
+    if micro.is_empty:
+        return AudioBatch(torch.zeros(1, fill_samples), torch.tensor([fill_samples]),
+                          torch.tensor([-1]), is_empty=True)
+    width = max(s.num_samples for s in micro.segments)
+    wav_BT = torch.zeros(len(micro.segments), width)
+    lengths_B = torch.zeros(len(micro.segments), dtype=torch.int64)
+    for row, seg in enumerate(micro.segments):
+        wav_T = load_audio(manifest.audio_path(seg.index), audio_cfg,
+                           offset_samples=seg.offset_samples, num_samples=seg.num_samples)
+        # A resampled file can be a sample shorter than the manifest's rounded length.
+        wav_T = wav_T[: seg.num_samples]
+        wav_BT[row, : len(wav_T)] = torch.from_numpy(wav_T)
+        lengths_B[row] = len(wav_T)
+    indices = np.asarray([s.index for s in micro.segments], dtype=np.int64)
+    return AudioBatch(wav_BT, lengths_B, torch.from_numpy(indices), is_empty=False,
+                      targets=None if targets is None else targets(indices))
+
+
+class MicroBatchDataset(Dataset):
+    """Map-style dataset whose "index" is a micro-batch plan (sent by :class:`_PlanStream`)."""
+
+    def __init__(self, manifest: Manifest, audio_cfg: AudioConfig, targets: TargetsFn | None = None) -> None:
+        self.manifest = manifest
+        self.audio_cfg = audio_cfg
+        self.targets = targets
+
+    def __getitem__(self, item: _Item) -> AudioBatch:
+        return load_micro_batch(self.manifest, self.audio_cfg, item.micro, item.fill_samples, self.targets)
+
+
+class _PlanStream:
+    """The plans of one rank from a starting position, on a private copy of the planner.
+
+    The DataLoader pulls from this ahead of the training loop (prefetch); the
+    copy keeps that lookahead from moving the position that is checkpointed.
+    """
+
+    def __init__(self, planner: BatchPlanner, rank: int, world_size: int) -> None:
+        self.cursor = copy.copy(planner)
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[_Item]:
+        while True:
+            batch = self.cursor.next_batch()
+            fill = min(s.num_samples for s in batch.segments)
+            for micro in self.cursor.split(batch, self.world_size)[self.rank]:
+                yield _Item(micro, fill)
+
+
+def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig, *, rank: int,
+               world_size: int, num_workers: int, targets: TargetsFn | None = None,
+               num_steps: int | None = None, pin_memory: bool = False) -> Iterator[StepData]:
+    """Steps for one rank, from the planner's position on (forever, or ``num_steps``).
+
+    The planner advances when a step is handed out, not when it is prefetched:
+    after receiving step k, ``planner.state_dict()`` resumes at step k + 1.
+    """
+    assert 0 <= rank < world_size
+    loader = DataLoader(MicroBatchDataset(manifest, audio_cfg, targets), batch_size=None,
+                        sampler=_PlanStream(planner, rank, world_size), num_workers=num_workers,
+                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
+    loaded = iter(loader)
+    done = 0
+    while num_steps is None or done < num_steps:
+        batch = planner.next_batch()
+        split = planner.split(batch, world_size)
+        micro_batches = [next(loaded) for _ in split[rank]]
+        for plan, audio in zip(split[rank], micro_batches):
+            assert audio.is_empty == plan.is_empty, "loader and planner out of step"
+        yield StepData(batch, micro_batches, BatchStats.from_split(batch, split, planner.sample_rate_hz))
+        done += 1
