@@ -22,7 +22,8 @@ def contrastive_logits(pred_NC: torch.Tensor, target_NC: torch.Tensor, negatives
     competitor of itself.
     """
     candidates_NKC = torch.cat([target_NC.unsqueeze(1), negatives_NKC], dim=1)
-    logits_NK = F.cosine_similarity(pred_NC.float().unsqueeze(1), candidates_NKC.float(), dim=-1)
+    dtype = torch.promote_types(pred_NC.dtype, torch.float32)  # fp32 at least, also under autocast
+    logits_NK = F.cosine_similarity(pred_NC.to(dtype).unsqueeze(1), candidates_NKC.to(dtype), dim=-1)
     logits_NK = logits_NK / temperature
     neg_is_pos_NK = (negatives_NKC == target_NC.unsqueeze(1)).all(dim=-1)
     neg_is_pos_NK = F.pad(neg_is_pos_NK, (1, 0), value=False)
@@ -57,5 +58,5 @@ def feature_penalty_per_row(feats_BCT: torch.Tensor, frame_lengths_B: torch.Tens
     """
     valid_B1T = (torch.arange(feats_BCT.shape[2], device=feats_BCT.device).view(1, 1, -1)
                  < frame_lengths_B.view(-1, 1, 1))
-    sq_sum_B = (feats_BCT.float().pow(2) * valid_B1T).sum(dim=(1, 2))
+    sq_sum_B = (feats_BCT.to(torch.promote_types(feats_BCT.dtype, torch.float32)).pow(2) * valid_B1T).sum(dim=(1, 2))
     return sq_sum_B / (frame_lengths_B.clamp(min=1) * feats_BCT.shape[1])

@@ -60,16 +60,21 @@ class GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 for half/bf16 inputs (fairseq's Fp32GroupNorm/Fp32LayerNorm), else the input's dtype."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def masked_channel_norm(x_BCT: torch.Tensor, lengths_B: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm(C groups, C channels) with statistics over the valid frames of each row, in fp32."""
-    x32_BCT = x_BCT.float()
+    """GroupNorm(C groups, C channels) with statistics over the valid frames of each row, in >= fp32."""
+    x32_BCT = x_BCT.to(_stats_dtype(x_BCT))
     valid_B1T = (torch.arange(x_BCT.shape[2], device=x_BCT.device).view(1, 1, -1)
                  < lengths_B.view(-1, 1, 1)).to(x32_BCT.dtype)
     num_B11 = valid_B1T.sum(dim=2, keepdim=True).clamp(min=1)
     mean_BC1 = (x32_BCT * valid_B1T).sum(dim=2, keepdim=True) / num_B11
     var_BC1 = (((x32_BCT - mean_BC1) * valid_B1T) ** 2).sum(dim=2, keepdim=True) / num_B11
     y_BCT = (x32_BCT - mean_BC1) * torch.rsqrt(var_BC1 + norm.eps)
-    y_BCT = y_BCT * norm.weight.float().view(1, -1, 1) + norm.bias.float().view(1, -1, 1)
+    y_BCT = y_BCT * norm.weight.to(y_BCT.dtype).view(1, -1, 1) + norm.bias.to(y_BCT.dtype).view(1, -1, 1)
     return y_BCT.to(x_BCT.dtype)
 
 
@@ -96,8 +101,9 @@ class ConvLayer(nn.Module):
         elif self.norm_kind == "layer":
             # fp32 statistics like fairseq's Fp32LayerNorm, also under autocast.
             ln = self.norm
-            x_BTC = F.layer_norm(x_BCT.transpose(1, 2).float(), ln.normalized_shape,  # type: ignore[arg-type]
-                                 ln.weight.float(), ln.bias.float(), ln.eps)  # type: ignore[union-attr]
+            dtype = _stats_dtype(x_BCT)
+            x_BTC = F.layer_norm(x_BCT.transpose(1, 2).to(dtype), ln.normalized_shape,  # type: ignore[arg-type]
+                                 ln.weight.to(dtype), ln.bias.to(dtype), ln.eps)  # type: ignore[union-attr]
             x_BCT = x_BTC.transpose(1, 2).to(x_BCT.dtype)
         return F.gelu(x_BCT)
 
