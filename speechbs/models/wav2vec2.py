@@ -13,7 +13,7 @@ global RNG (it need not be reproducible per utterance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from speechbs.models.blocks import contrastive, counter_rng
 from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, ConvSpec, GradMultiply
 from speechbs.models.blocks.masking import sample_negatives, span_mask
-from speechbs.models.blocks.quantizer import GumbelQuantizer
+from speechbs.models.blocks.quantizer import GumbelQuantizer, QuantizerOutput
 from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
 
 BASE_CONV: tuple[ConvSpec, ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -124,7 +124,8 @@ def large(**overrides) -> Wav2Vec2Config:
     """LARGE (fairseq ``wav2vec2_large_librivox.yaml``: pre-norm, layer-norm conv, 317 M parameters)."""
     settings = dict(conv_norm="layer", conv_bias=True, feature_grad_mult=1.0, embed_dim=1024,
                     num_layers=24, num_heads=16, ffn_dim=4096, layer_norm_first=True,
-                    dropout_input=0.0, dropout_features=0.0, layerdrop=0.0, final_dim=768,
+                    dropout=0.0, attention_dropout=0.0, dropout_input=0.0, dropout_features=0.0,
+                    layerdrop=0.0, final_dim=768,
                     codevector_dim=768, feature_penalty_weight=0.0)
     return Wav2Vec2Config(**{**settings, **overrides})
 
@@ -214,7 +215,7 @@ class Wav2Vec2Model(nn.Module):
         self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
         self.final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
 
-    def _features(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor):
+    def _features(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv features (B, C, T) with the gradient scale, and their frame lengths."""
         if self.cfg.feature_grad_mult <= 0.0:
             with torch.no_grad():
@@ -225,7 +226,8 @@ class Wav2Vec2Model(nn.Module):
                 feats_BCT = GradMultiply.apply(feats_BCT, self.cfg.feature_grad_mult)
         return feats_BCT, frame_lengths_B
 
-    def _masks(self, frame_lengths_B: torch.Tensor, num_frames: int, seeds_B: torch.Tensor):
+    def _masks(self, frame_lengths_B: torch.Tensor, num_frames: int,
+               seeds_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         mask_BT = span_mask(frame_lengths_B, num_frames, mask_prob=cfg.mask_prob, span=cfg.mask_length,
                             min_spans=cfg.mask_min_spans, seeds_B=seeds_B,
@@ -236,7 +238,8 @@ class Wav2Vec2Model(nn.Module):
                                seeds_B=seeds_B, stream=counter_rng.STREAM_CHANNEL_MASK)
         return mask_BT, channel_BC
 
-    def _apply_masks(self, x_BTC: torch.Tensor, mask_BT: torch.Tensor, channel_BC: torch.Tensor | None):
+    def _apply_masks(self, x_BTC: torch.Tensor, mask_BT: torch.Tensor,
+                     channel_BC: torch.Tensor | None) -> torch.Tensor:
         # Time mask first (learned embedding), then channels (zeros), as in fairseq's apply_mask.
         x_BTC = torch.where(mask_BT.unsqueeze(-1), self.mask_emb.to(x_BTC.dtype), x_BTC)
         if channel_BC is not None:
@@ -244,6 +247,8 @@ class Wav2Vec2Model(nn.Module):
         return x_BTC
 
     def _check_lengths(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> None:
+        # Shapes only: a length check would sync with the device; utterances shorter than the
+        # receptive field (400 samples) are refused by data validation (audio.min_seconds).
         if wav_BT.dim() != 2 or lengths_B.shape != wav_BT.shape[:1]:
             raise ValueError(f"expected wav_BT (B, T) and lengths_B (B,), got {tuple(wav_BT.shape)} "
                              f"and {tuple(lengths_B.shape)}")
@@ -265,12 +270,17 @@ class Wav2Vec2Model(nn.Module):
             drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
             mask_BT = drawn_BT if mask_BT is None else mask_BT
         if mask_BT is not None:
-            x_BTC = self._apply_masks(x_BTC, mask_BT, channel_BC)
+            x_BTC = self._apply_masks(x_BTC, mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames),
+                                      channel_BC)
         return self._context(x_BTC, frame_lengths_B, layerdrop_seed, return_layers)
 
-    def _context(self, x_BTC, frame_lengths_B, layerdrop_seed, return_layers) -> EncoderOutput:
-        padding_BT = (torch.arange(x_BTC.shape[1], device=x_BTC.device).view(1, -1)
-                      >= frame_lengths_B.view(-1, 1))
+    @staticmethod
+    def _valid(frame_lengths_B: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return torch.arange(num_frames, device=frame_lengths_B.device).view(1, -1) < frame_lengths_B.view(-1, 1)
+
+    def _context(self, x_BTC: torch.Tensor, frame_lengths_B: torch.Tensor, layerdrop_seed: int | None,
+                 return_layers: bool) -> EncoderOutput:
+        padding_BT = ~self._valid(frame_lengths_B, x_BTC.shape[1])
         out = self.encoder(x_BTC, padding_BT, layerdrop_seed=layerdrop_seed, return_layers=return_layers)
         return EncoderOutput(out.x_BTC, padding_BT, frame_lengths_B, out.layer_outputs)
 
@@ -296,8 +306,7 @@ class Wav2Vec2Model(nn.Module):
         if mask_BT is None:
             mask_BT = drawn_BT
         else:
-            valid_BT = torch.arange(num_frames, device=x_BTC.device).view(1, -1) < frame_lengths_B.view(-1, 1)
-            mask_BT = mask_BT.to(torch.bool) & valid_BT
+            mask_BT = mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames)
         enc = self._context(self._apply_masks(x_BTC, mask_BT, channel_BC), frame_lengths_B,
                             layerdrop_seed, return_layers)
 
@@ -319,7 +328,8 @@ class Wav2Vec2Model(nn.Module):
                                         counters_NJ)
         return (-torch.log(-torch.log(u_NJ))).float().view(-1, self.cfg.num_codebooks, self.cfg.codebook_size)
 
-    def _loss(self, logits_NK, mask_BT, penalty_B, quant) -> Wav2Vec2Loss:
+    def _loss(self, logits_NK: torch.Tensor, mask_BT: torch.Tensor, penalty_B: torch.Tensor,
+              quant: QuantizerOutput) -> Wav2Vec2Loss:
         cfg = self.cfg
         contrastive_sum, num_correct = contrastive.contrastive_sum(logits_NK)
         num_targets = mask_BT.sum()

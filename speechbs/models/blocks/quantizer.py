@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass
@@ -79,7 +78,7 @@ class GumbelQuantizer(nn.Module):
         book_GVE = self.codevectors.view(self.num_groups, self.num_entries, -1)
         codevectors_NGE = torch.einsum("ngv,gve->nge", onehot_NGV, book_GVE)
         return QuantizerOutput(
-            codevectors_NE=codevectors_NGE.reshape(N, -1),
+            codevectors_NE=codevectors_NGE.reshape(N, book_GVE.shape[0] * book_GVE.shape[2]),
             prob_perplexity=perplexity(soft_NGV),
             code_perplexity=perplexity(hard_NGV.detach()),
         )
