@@ -147,3 +147,12 @@ def test_loss_falls_and_accuracy_beats_chance_on_real_audio(digits_dir: Path) ->
     chance = 1 / (model.cfg.num_negatives + 1)
     assert history[-1][0] < 0.8 * history[0][0], history
     assert history[-1][1] > max(10 * chance, history[0][1] + 0.1), history
+
+
+def test_micro_batch_without_masked_frames_gives_zero_loss() -> None:
+    """Utterances shorter than one span (10 frames = 0.2 s) get no mask; the loss is 0, not NaN."""
+    model = w2v.Wav2Vec2Model(_quiet()).train()
+    wav_BT, lengths_B = _batch([2_000, 1_500])
+    loss = model(wav_BT, lengths_B, seeds_B=torch.tensor([1, 2]), gumbel_temperature=2.0).loss
+    assert loss.num_targets == 0 and loss.loss_sum == 0
+    loss.loss_sum.backward()
