@@ -1,0 +1,62 @@
+"""wav2vec 2.0's contrastive task and its auxiliary terms (Baevski et al. 2020, section 3.2).
+
+Legend: N masked frames, K distractors, C final_dim channels, G codebooks, V entries.
+
+All terms are returned as SUMS over targets (masked frames) where they are
+per-target quantities, so the step engine can add micro-batches and ranks and
+divide once by the global number of targets (DESIGN section 2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def contrastive_logits(pred_NC: torch.Tensor, target_NC: torch.Tensor, negatives_NKC: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """Cosine similarity of each prediction with [positive, K distractors] / temperature: (N, 1+K).
+
+    A distractor equal to the positive (possible when codebook use collapses)
+    gets -inf, as in fairseq's ``neg_is_pos``, so it is never counted as a
+    competitor of itself.
+    """
+    candidates_NKC = torch.cat([target_NC.unsqueeze(1), negatives_NKC], dim=1)
+    dtype = torch.promote_types(pred_NC.dtype, torch.float32)  # fp32 at least, also under autocast
+    logits_NK = F.cosine_similarity(pred_NC.to(dtype).unsqueeze(1), candidates_NKC.to(dtype), dim=-1)
+    logits_NK = logits_NK / temperature
+    neg_is_pos_NK = (negatives_NKC == target_NC.unsqueeze(1)).all(dim=-1)
+    neg_is_pos_NK = F.pad(neg_is_pos_NK, (1, 0), value=False)
+    return logits_NK.masked_fill(neg_is_pos_NK, float("-inf"))
+
+
+def contrastive_sum(logits_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over frames of -log softmax(positive), number of frames where the positive wins).
+
+    A frame counts as correct when the positive is the argmax and not also the
+    argmin (all logits equal), like fairseq's wav2vec criterion.
+    """
+    target_N = torch.zeros(logits_NK.shape[0], dtype=torch.long, device=logits_NK.device)
+    loss = F.cross_entropy(logits_NK, target_N, reduction="sum")
+    is_max_N = logits_NK.argmax(dim=-1) == 0
+    is_min_N = logits_NK.argmin(dim=-1) == 0
+    return loss, (is_max_N & ~is_min_N).sum()
+
+
+def diversity_fraction(prob_perplexity: torch.Tensor, num_groups: int, num_entries: int) -> torch.Tensor:
+    """(G*V - perplexity) / (G*V): 0 when every entry is used equally, near 1 when one is (section 3.2)."""
+    num_codevectors = num_groups * num_entries
+    return (num_codevectors - prob_perplexity) / num_codevectors
+
+
+def feature_penalty_per_row(feats_BCT: torch.Tensor, frame_lengths_B: torch.Tensor) -> torch.Tensor:
+    """Mean of squared encoder features over each row's valid frames and channels, (B,).
+
+    fairseq's ``features_pen`` is ``features.pow(2).mean()`` over the whole
+    (crop-to-shortest, unpadded) batch; per row over valid frames is the same
+    quantity made independent of padding.
+    """
+    valid_B1T = (torch.arange(feats_BCT.shape[2], device=feats_BCT.device).view(1, 1, -1)
+                 < frame_lengths_B.view(-1, 1, 1))
+    sq_sum_B = (feats_BCT.to(torch.promote_types(feats_BCT.dtype, torch.float32)).pow(2) * valid_B1T).sum(dim=(1, 2))
+    return sq_sum_B / (frame_lengths_B.clamp(min=1) * feats_BCT.shape[1])

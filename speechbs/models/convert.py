@@ -1,0 +1,101 @@
+"""Weight conversion from Hugging Face transformers' wav2vec 2.0 into speechbs.
+
+``from_hf_wav2vec2(model_or_state_dict, hf_config)`` returns a
+:class:`~speechbs.models.wav2vec2.Wav2Vec2Config` and a state dict that loads
+strictly into :class:`~speechbs.models.wav2vec2.Wav2Vec2Model`. It accepts a
+``Wav2Vec2ForPreTraining`` (all weights), or a ``Wav2Vec2Model`` /
+``Wav2Vec2ForCTC`` state dict (encoder only; the quantizer and heads are then
+missing, load with ``strict=False`` and use :meth:`Wav2Vec2Model.encode`).
+Released checkpoints (e.g. ``facebook/wav2vec2-base``) go through the same
+function after ``Wav2Vec2ForPreTraining.from_pretrained``; transformers itself
+converts fairseq checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from speechbs.models.wav2vec2 import Wav2Vec2Config
+
+# (HF pattern, speechbs replacement), applied to names without the "wav2vec2." prefix.
+_RENAMES: list[tuple[str, str]] = [
+    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_encoder.conv_layers.\1.conv."),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_encoder.conv_layers.\1.norm."),
+    (r"^feature_projection\.layer_norm\.", "layer_norm."),
+    (r"^feature_projection\.projection\.", "post_extract_proj."),
+    (r"^masked_spec_embed$", "mask_emb"),
+    (r"^encoder\.pos_conv_embed\.conv\.weight_g$", "encoder.pos_conv.conv.parametrizations.weight.original0"),
+    (r"^encoder\.pos_conv_embed\.conv\.weight_v$", "encoder.pos_conv.conv.parametrizations.weight.original1"),
+    (r"^encoder\.pos_conv_embed\.conv\.", "encoder.pos_conv.conv."),
+    (r"^encoder\.layer_norm\.", "encoder.layer_norm."),
+    (r"^encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.attn."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.attn_norm."),
+    (r"^encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"^encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.ffn_norm."),
+    (r"^quantizer\.", "quantizer."),
+    (r"^project_q\.", "project_q."),
+    (r"^project_hid\.", "final_proj."),
+]
+
+
+def config_from_hf(hf_config: Any) -> Wav2Vec2Config:
+    """Map a ``transformers.Wav2Vec2Config`` onto :class:`Wav2Vec2Config`."""
+    for name, want in (("hidden_act", "gelu"), ("feat_extract_activation", "gelu")):
+        if getattr(hf_config, name, want) != want:
+            raise ValueError(f"hf config {name}={getattr(hf_config, name)!r}: speechbs implements {want!r} only")
+    if getattr(hf_config, "adapter_attn_dim", None) or getattr(hf_config, "add_adapter", False):
+        raise ValueError("hf config uses adapters, which speechbs does not implement")
+    conv = tuple(zip(hf_config.conv_dim, hf_config.conv_kernel, hf_config.conv_stride))
+    return Wav2Vec2Config(
+        conv_layers=conv, conv_norm=hf_config.feat_extract_norm, conv_bias=hf_config.conv_bias,
+        embed_dim=hf_config.hidden_size, num_layers=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads, ffn_dim=hf_config.intermediate_size,
+        layer_norm_first=hf_config.do_stable_layer_norm,
+        pos_conv_kernel=hf_config.num_conv_pos_embeddings,
+        pos_conv_groups=hf_config.num_conv_pos_embedding_groups,
+        dropout=hf_config.hidden_dropout, attention_dropout=hf_config.attention_dropout,
+        activation_dropout=hf_config.activation_dropout, dropout_input=hf_config.feat_proj_dropout,
+        dropout_features=hf_config.feat_quantizer_dropout, layerdrop=hf_config.layerdrop,
+        layer_norm_eps=hf_config.layer_norm_eps, final_dim=hf_config.proj_codevector_dim,
+        mask_prob=hf_config.mask_time_prob, mask_length=hf_config.mask_time_length,
+        mask_min_spans=hf_config.mask_time_min_masks, mask_channel_prob=hf_config.mask_feature_prob,
+        mask_channel_length=hf_config.mask_feature_length,
+        mask_channel_min_spans=hf_config.mask_feature_min_masks,
+        num_codebooks=hf_config.num_codevector_groups,
+        codebook_size=hf_config.num_codevectors_per_group, codevector_dim=hf_config.codevector_dim,
+        num_negatives=hf_config.num_negatives,
+        logit_temperature=hf_config.contrastive_logits_temperature,
+        diversity_weight=hf_config.diversity_loss_weight,
+        # HF's pretraining loss has no feature penalty; keep fairseq BASE's weight (a loss setting, not a weight).
+    )
+
+
+def rename_hf_key(name: str) -> str | None:
+    """speechbs name of an HF parameter, or None for heads speechbs does not have (e.g. ``lm_head``)."""
+    name = name.removeprefix("wav2vec2.")
+    for pattern, replacement in _RENAMES:
+        if re.search(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
+
+
+def from_hf_wav2vec2(hf_model_or_state_dict: Any, hf_config: Any | None = None,
+                     ) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
+    """(speechbs config, speechbs state dict) from an HF model or its state dict and config."""
+    if isinstance(hf_model_or_state_dict, dict):
+        if hf_config is None:
+            raise ValueError("a bare state dict needs its hf_config")
+        hf_state = hf_model_or_state_dict
+    else:
+        hf_state = hf_model_or_state_dict.state_dict()
+        hf_config = hf_config if hf_config is not None else hf_model_or_state_dict.config
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in hf_state.items():
+        new_name = rename_hf_key(name)
+        if new_name is not None:
+            state[new_name] = tensor.detach().clone()
+    return config_from_hf(hf_config), state

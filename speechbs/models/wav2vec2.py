@@ -1,0 +1,350 @@
+"""wav2vec 2.0 (Baevski et al. 2020): configuration, architecture and pretraining loss terms.
+
+Legend: B utterances, T samples (wav) or frames, C channels, N masked frames
+in the micro-batch, K distractors, G codebooks, V entries per codebook.
+
+Inputs are ``wav_BT`` with ``lengths_B`` (valid samples per row). Every random
+draw of the pretraining forward (time/channel masks, distractors, Gumbel
+noise) comes from ``seeds_B``, one int64 seed per utterance, so an utterance
+gets the same result in any micro-batch (``blocks/counter_rng.py``); layer
+drop comes from ``layerdrop_seed``, one per optimizer step. Dropout uses the
+global RNG (it need not be reproducible per utterance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from speechbs.models.blocks import contrastive, counter_rng
+from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, ConvSpec, GradMultiply
+from speechbs.models.blocks.masking import sample_negatives, span_mask
+from speechbs.models.blocks.quantizer import GumbelQuantizer, QuantizerOutput
+from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
+
+BASE_CONV: tuple[ConvSpec, ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+
+
+@dataclass(kw_only=True)
+class Wav2Vec2Config:
+    """wav2vec 2.0 architecture and loss weights. Defaults: BASE (fairseq ``wav2vec2_base_librispeech.yaml``)."""
+
+    conv_layers: tuple[ConvSpec, ...] = BASE_CONV
+    """Feature encoder layers as (channels, kernel samples, stride samples); default hop 320 samples = 20 ms."""
+    conv_norm: Literal["group", "layer"] = "group"
+    """``group``: per-channel GroupNorm after the first conv only (BASE); ``layer``: LayerNorm after every conv (LARGE)."""
+    conv_bias: bool = False
+    """Bias in the conv layers (False for BASE, True for LARGE)."""
+    feature_grad_mult: float = 0.1
+    """Factor on gradients flowing into the feature encoder, 1 (forward unchanged; 0.1 for BASE)."""
+    embed_dim: int = 768
+    """Transformer width, channels."""
+    num_layers: int = 12
+    """Transformer layers, count."""
+    num_heads: int = 12
+    """Attention heads, count (the paper says 8; fairseq and the released BASE use 12)."""
+    ffn_dim: int = 3072
+    """Feed-forward inner width, channels."""
+    layer_norm_first: bool = False
+    """Pre-norm transformer (LARGE); False: post-norm (BASE)."""
+    pos_conv_kernel: int = 128
+    """Positional conv kernel, frames."""
+    pos_conv_groups: int = 16
+    """Positional conv groups, count."""
+    dropout: float = 0.1
+    """Dropout on transformer residual branches and after the positional embedding, probability."""
+    attention_dropout: float = 0.1
+    """Dropout on attention weights, probability."""
+    activation_dropout: float = 0.0
+    """Dropout after the feed-forward GELU, probability."""
+    dropout_input: float = 0.1
+    """Dropout after the feature projection, probability."""
+    dropout_features: float = 0.1
+    """Dropout on the quantizer's input features, probability."""
+    layerdrop: float = 0.05
+    """Probability of skipping each transformer layer in training (one draw per optimizer step)."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon, dimensionless."""
+    final_dim: int = 256
+    """Shared space of predictions and quantized targets, channels."""
+    mask_prob: float = 0.65
+    """Expected fraction of frames chosen as span starts times span length, before overlap (~49% masked), probability."""
+    mask_length: int = 10
+    """Time-mask span, frames."""
+    mask_min_spans: int = 2
+    """Fewest time-mask spans per utterance, count (fairseq's ``min_masks=2``)."""
+    mask_channel_prob: float = 0.0
+    """Channel-mask analogue of ``mask_prob``, probability (0 in pretraining)."""
+    mask_channel_length: int = 10
+    """Channel-mask span, channels."""
+    mask_channel_min_spans: int = 0
+    """Fewest channel-mask spans per utterance, count."""
+    num_codebooks: int = 2
+    """Quantizer codebooks (G), count."""
+    codebook_size: int = 320
+    """Entries per codebook (V), count."""
+    codevector_dim: int = 256
+    """Concatenated codevector width (G x per-entry width), channels."""
+    num_negatives: int = 100
+    """Distractors per masked frame (K), count."""
+    logit_temperature: float = 0.1
+    """Temperature of the cosine-similarity logits (kappa), dimensionless."""
+    diversity_weight: float = 0.1
+    """Weight of the codebook diversity loss (alpha), dimensionless."""
+    feature_penalty_weight: float = 10.0
+    """Weight of the L2 penalty on feature encoder outputs, dimensionless (0 for LARGE)."""
+
+    def __post_init__(self) -> None:
+        self.conv_layers = tuple(tuple(int(v) for v in spec) for spec in self.conv_layers)  # type: ignore[assignment]
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.codevector_dim % self.num_codebooks:
+            raise ValueError(f"model.codevector_dim ({self.codevector_dim}) must be divisible by "
+                             f"model.num_codebooks ({self.num_codebooks})")
+
+    def transformer_shape(self) -> TransformerShape:
+        return TransformerShape(
+            embed_dim=self.embed_dim, num_layers=self.num_layers, num_heads=self.num_heads,
+            ffn_dim=self.ffn_dim, layer_norm_first=self.layer_norm_first,
+            pos_conv_kernel=self.pos_conv_kernel, pos_conv_groups=self.pos_conv_groups,
+            dropout=self.dropout, attention_dropout=self.attention_dropout,
+            activation_dropout=self.activation_dropout, layerdrop=self.layerdrop,
+            layer_norm_eps=self.layer_norm_eps)
+
+
+def base(**overrides) -> Wav2Vec2Config:
+    """BASE, LibriSpeech 960 h (95 M parameters)."""
+    return Wav2Vec2Config(**overrides)
+
+
+def large(**overrides) -> Wav2Vec2Config:
+    """LARGE (fairseq ``wav2vec2_large_librivox.yaml``: pre-norm, layer-norm conv, 317 M parameters)."""
+    settings = dict(conv_norm="layer", conv_bias=True, feature_grad_mult=1.0, embed_dim=1024,
+                    num_layers=24, num_heads=16, ffn_dim=4096, layer_norm_first=True,
+                    dropout=0.0, attention_dropout=0.0, dropout_input=0.0, dropout_features=0.0,
+                    layerdrop=0.0, final_dim=768,
+                    codevector_dim=768, feature_penalty_weight=0.0)
+    return Wav2Vec2Config(**{**settings, **overrides})
+
+
+def tiny(**overrides) -> Wav2Vec2Config:
+    """CPU-test size: the BASE conv geometry (50 Hz frames) at 64 channels, 2 x 96-dim layers."""
+    settings = dict(conv_layers=tuple((64, k, s) for _, k, s in BASE_CONV), embed_dim=96,
+                    num_layers=2, num_heads=4, ffn_dim=192, pos_conv_kernel=16, pos_conv_groups=4,
+                    final_dim=64, num_codebooks=2, codebook_size=32, codevector_dim=64,
+                    layerdrop=0.0)
+    return Wav2Vec2Config(**{**settings, **overrides})
+
+
+@dataclass
+class EncoderOutput:
+    """What fine-tuning and feature extraction use."""
+
+    features_BTC: torch.Tensor
+    """Transformer output (padded frames zeroed), (B, T, embed_dim)."""
+    padding_BT: torch.Tensor
+    """True at padded frames (fairseq's ``padding_mask`` convention)."""
+    frame_lengths_B: torch.Tensor
+    """Valid frames per row, from the conv arithmetic."""
+    layer_outputs: list[torch.Tensor] | None = None
+    """Each transformer layer's output (for HuBERT targets and layer-weighted heads), when requested."""
+
+
+@dataclass
+class Wav2Vec2Loss:
+    """One micro-batch's loss as sums over targets, for one global normalization (DESIGN section 2).
+
+    ``loss_sum / num_targets`` summed over the global batch is fairseq's wav2vec
+    criterion: contrastive + 0.1 * diversity + 10 * penalty per masked frame.
+    """
+
+    loss_sum: torch.Tensor
+    """contrastive_sum + diversity_weight * diversity_sum + feature_penalty_weight * penalty_sum."""
+    num_targets: torch.Tensor
+    """Masked frames in the micro-batch (int64)."""
+    contrastive_sum: torch.Tensor
+    """Sum over masked frames of the InfoNCE loss, nats."""
+    num_correct: torch.Tensor
+    """Masked frames whose positive scored highest (accuracy = num_correct / num_targets)."""
+    diversity_sum: torch.Tensor
+    """(G*V - perplexity)/(G*V) times num_targets. NOT a per-target sum: the perplexity is of this micro-batch's masked frames."""
+    perplexity_sum: torch.Tensor
+    """Soft codebook perplexity of this micro-batch times num_targets (for a target-weighted mean)."""
+    code_perplexity_sum: torch.Tensor
+    """Hard (used-entries) perplexity times num_targets."""
+    penalty_sum: torch.Tensor
+    """Sum over utterances of (mean squared encoder feature) x (its masked frames): a per-target sum."""
+
+    def logs(self) -> dict[str, torch.Tensor]:
+        """Detached sums for logging; divide by the summed ``num_targets``."""
+        names = ("contrastive_sum", "num_correct", "diversity_sum", "perplexity_sum",
+                 "code_perplexity_sum", "penalty_sum", "num_targets")
+        return {name: getattr(self, name).detach() for name in names}
+
+
+@dataclass
+class Wav2Vec2Output:
+    """Pretraining forward: the loss terms and the encoder outputs."""
+
+    loss: Wav2Vec2Loss
+    encoder: EncoderOutput
+    mask_BT: torch.Tensor
+    """Time mask used (True = masked; never in padding)."""
+    logits_NK: torch.Tensor = field(repr=False)
+    """Contrastive logits, positive first, for the masked frames in (row, frame) order."""
+
+
+class Wav2Vec2Model(nn.Module):
+    """Feature encoder, masking, transformer, quantizer and the heads of the contrastive task."""
+
+    def __init__(self, cfg: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        conv_dim = cfg.conv_layers[-1][0]
+        self.feature_encoder = ConvFeatureEncoder(cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
+        self.layer_norm = nn.LayerNorm(conv_dim, eps=cfg.layer_norm_eps)
+        self.post_extract_proj = nn.Linear(conv_dim, cfg.embed_dim)
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.mask_emb = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
+        self.encoder = TransformerEncoder(cfg.transformer_shape())
+        self.quantizer = GumbelQuantizer(conv_dim, cfg.num_codebooks, cfg.codebook_size, cfg.codevector_dim)
+        self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
+        self.final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
+
+    def _features(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv features (B, C, T) with the gradient scale, and their frame lengths."""
+        if self.cfg.feature_grad_mult <= 0.0:
+            with torch.no_grad():
+                feats_BCT, frame_lengths_B = self.feature_encoder(wav_BT, lengths_B)
+        else:
+            feats_BCT, frame_lengths_B = self.feature_encoder(wav_BT, lengths_B)
+            if self.cfg.feature_grad_mult != 1.0:
+                feats_BCT = GradMultiply.apply(feats_BCT, self.cfg.feature_grad_mult)
+        return feats_BCT, frame_lengths_B
+
+    def _masks(self, frame_lengths_B: torch.Tensor, num_frames: int,
+               seeds_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        mask_BT = span_mask(frame_lengths_B, num_frames, mask_prob=cfg.mask_prob, span=cfg.mask_length,
+                            min_spans=cfg.mask_min_spans, seeds_B=seeds_B,
+                            stream=counter_rng.STREAM_TIME_MASK)
+        full_B = torch.full_like(frame_lengths_B, cfg.embed_dim)
+        channel_BC = span_mask(full_B, cfg.embed_dim, mask_prob=cfg.mask_channel_prob,
+                               span=cfg.mask_channel_length, min_spans=cfg.mask_channel_min_spans,
+                               seeds_B=seeds_B, stream=counter_rng.STREAM_CHANNEL_MASK)
+        return mask_BT, channel_BC
+
+    def _apply_masks(self, x_BTC: torch.Tensor, mask_BT: torch.Tensor,
+                     channel_BC: torch.Tensor | None) -> torch.Tensor:
+        # Time mask first (learned embedding), then channels (zeros), as in fairseq's apply_mask.
+        x_BTC = torch.where(mask_BT.unsqueeze(-1), self.mask_emb.to(x_BTC.dtype), x_BTC)
+        if channel_BC is not None:
+            x_BTC = x_BTC.masked_fill(channel_BC.unsqueeze(1), 0.0)
+        return x_BTC
+
+    def _check_lengths(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> None:
+        # Shapes only: a length check would sync with the device; utterances shorter than the
+        # receptive field (400 samples) are refused by data validation (audio.min_seconds).
+        if wav_BT.dim() != 2 or lengths_B.shape != wav_BT.shape[:1]:
+            raise ValueError(f"expected wav_BT (B, T) and lengths_B (B,), got {tuple(wav_BT.shape)} "
+                             f"and {tuple(lengths_B.shape)}")
+
+    def encode(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor | None = None,
+               mask_BT: torch.Tensor | None = None, layerdrop_seed: int | None = None,
+               return_layers: bool = False) -> EncoderOutput:
+        """Fine-tuning / feature-extraction path: no quantizer.
+
+        Masks (time and channel) are applied when ``seeds_B`` or ``mask_BT`` is
+        given, as in fine-tuning; otherwise the input is unmasked.
+        """
+        self._check_lengths(wav_BT, lengths_B)
+        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
+        x_BTC = self.dropout_input(self.post_extract_proj(self.layer_norm(feats_BCT.transpose(1, 2))))
+        num_frames = x_BTC.shape[1]
+        channel_BC = None
+        if seeds_B is not None:
+            drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
+            mask_BT = drawn_BT if mask_BT is None else mask_BT
+        if mask_BT is not None:
+            x_BTC = self._apply_masks(x_BTC, mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames),
+                                      channel_BC)
+        return self._context(x_BTC, frame_lengths_B, layerdrop_seed, return_layers)
+
+    @staticmethod
+    def _valid(frame_lengths_B: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return torch.arange(num_frames, device=frame_lengths_B.device).view(1, -1) < frame_lengths_B.view(-1, 1)
+
+    def _context(self, x_BTC: torch.Tensor, frame_lengths_B: torch.Tensor, layerdrop_seed: int | None,
+                 return_layers: bool) -> EncoderOutput:
+        padding_BT = ~self._valid(frame_lengths_B, x_BTC.shape[1])
+        out = self.encoder(x_BTC, padding_BT, layerdrop_seed=layerdrop_seed, return_layers=return_layers)
+        return EncoderOutput(out.x_BTC, padding_BT, frame_lengths_B, out.layer_outputs)
+
+    def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
+                gumbel_temperature: float, mask_BT: torch.Tensor | None = None,
+                layerdrop_seed: int | None = None, return_layers: bool = False) -> Wav2Vec2Output:
+        """Pretraining forward: mask, contextualize, quantize, score against K distractors.
+
+        ``seeds_B`` (int64, one per utterance, e.g. a hash of (run seed, epoch,
+        utterance id)) drives every random draw; ``mask_BT`` overrides the time
+        mask (it is intersected with the valid frames). ``gumbel_temperature``
+        comes from the caller's schedule (2 -> 0.5 for BASE).
+        """
+        self._check_lengths(wav_BT, lengths_B)
+        cfg = self.cfg
+        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
+        penalty_B = contrastive.feature_penalty_per_row(feats_BCT, frame_lengths_B)
+        feats_BTC = self.layer_norm(feats_BCT.transpose(1, 2))
+        unmasked_BTC = self.dropout_features(feats_BTC)
+        x_BTC = self.dropout_input(self.post_extract_proj(feats_BTC))
+        num_frames = x_BTC.shape[1]
+        drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
+        if mask_BT is None:
+            mask_BT = drawn_BT
+        else:
+            mask_BT = mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames)
+        enc = self._context(self._apply_masks(x_BTC, mask_BT, channel_BC), frame_lengths_B,
+                            layerdrop_seed, return_layers)
+
+        b_N, t_N = mask_BT.nonzero(as_tuple=True)
+        pred_NC = self.final_proj(enc.features_BTC[b_N, t_N])
+        gumbel_NGV = self._gumbel_noise(seeds_B, b_N, t_N) if self.training else None
+        quant = self.quantizer(unmasked_BTC[b_N, t_N], temperature=gumbel_temperature, gumbel_NGV=gumbel_NGV)
+        target_NC = self.project_q(quant.codevectors_NE)
+        negatives_NKC = target_NC[sample_negatives(mask_BT, cfg.num_negatives, seeds_B)]
+        logits_NK = contrastive.contrastive_logits(pred_NC, target_NC, negatives_NKC, cfg.logit_temperature)
+        loss = self._loss(logits_NK, mask_BT, penalty_B, quant)
+        return Wav2Vec2Output(loss=loss, encoder=enc, mask_BT=mask_BT, logits_NK=logits_NK)
+
+    def _gumbel_noise(self, seeds_B: torch.Tensor, b_N: torch.Tensor, t_N: torch.Tensor) -> torch.Tensor:
+        """Gumbel(0, 1) noise (N, G, V) keyed by (utterance seed, frame index, entry)."""
+        num_gv = self.cfg.num_codebooks * self.cfg.codebook_size
+        counters_NJ = t_N.view(-1, 1) * num_gv + torch.arange(num_gv, device=t_N.device)
+        u_NJ = counter_rng.uniform_open(seeds_B.to(t_N.device)[b_N].view(-1, 1), counter_rng.STREAM_GUMBEL,
+                                        counters_NJ)
+        return (-torch.log(-torch.log(u_NJ))).float().view(-1, self.cfg.num_codebooks, self.cfg.codebook_size)
+
+    def _loss(self, logits_NK: torch.Tensor, mask_BT: torch.Tensor, penalty_B: torch.Tensor,
+              quant: QuantizerOutput) -> Wav2Vec2Loss:
+        cfg = self.cfg
+        contrastive_sum, num_correct = contrastive.contrastive_sum(logits_NK)
+        num_targets = mask_BT.sum()
+        penalty_sum = (penalty_B * mask_BT.sum(dim=1)).sum()
+        diversity_sum = contrastive.diversity_fraction(
+            quant.prob_perplexity, cfg.num_codebooks, cfg.codebook_size) * num_targets
+        loss_sum = (contrastive_sum + cfg.diversity_weight * diversity_sum
+                    + cfg.feature_penalty_weight * penalty_sum)
+        return Wav2Vec2Loss(
+            loss_sum=loss_sum, num_targets=num_targets, contrastive_sum=contrastive_sum,
+            num_correct=num_correct, diversity_sum=diversity_sum,
+            perplexity_sum=quant.prob_perplexity * num_targets,
+            code_perplexity_sum=quant.code_perplexity * num_targets, penalty_sum=penalty_sum)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
