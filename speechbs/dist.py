@@ -188,7 +188,7 @@ def init_distributed(backend: str = "auto", *, timeout_s: float = 1800.0,
     ``timeout_s`` bounds how long a collective waits for a lost peer before failing.
     """
     launch = read_launch_env(environ)
-    device, backend = _pick_device(backend, launch.local_rank)
+    device, backend = _pick_device(backend, launch)
     if launch.world_size == 1:
         return DistContext(device=device)
     # env:// reads these; srun does not set them, so put what we derived in place.
@@ -201,7 +201,7 @@ def init_distributed(backend: str = "auto", *, timeout_s: float = 1800.0,
     return DistContext(launch.rank, launch.world_size, launch.local_rank, device, backend)
 
 
-def _pick_device(backend: str, local_rank: int) -> tuple[torch.device, str]:
+def _pick_device(backend: str, launch: LaunchEnv) -> tuple[torch.device, str]:
     has_cuda = torch.cuda.is_available()
     if backend == "auto":
         backend = "nccl" if has_cuda else "gloo"
@@ -213,10 +213,13 @@ def _pick_device(backend: str, local_rank: int) -> tuple[torch.device, str]:
         raise SpeechbsError("distributed backend 'nccl' needs CUDA, and this process sees no GPU; "
                             "use backend 'gloo' (CPU) or 'auto', or check CUDA_VISIBLE_DEVICES")
     num_gpus = torch.cuda.device_count()
-    if local_rank >= num_gpus:
-        raise SpeechbsError(f"LOCAL_RANK={local_rank} but this node has {num_gpus} visible GPU(s); "
+    if launch.launcher == "slurm" and num_gpus == 1:
+        # srun --gpus-per-task=1 (or --gpu-bind) shows each task only its own GPU.
+        return torch.device("cuda", 0), backend
+    if launch.local_rank >= num_gpus:
+        raise SpeechbsError(f"LOCAL_RANK={launch.local_rank} but this node has {num_gpus} visible GPU(s); "
                             f"start one process per GPU (torchrun --nproc-per-node {num_gpus})")
-    return torch.device("cuda", local_rank), backend
+    return torch.device("cuda", launch.local_rank), backend
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from speechbs.dist import DistContext, _pick_device, init_distributed, read_launch_env, unwrap
+from speechbs.dist import DistContext, LaunchEnv, _pick_device, init_distributed, read_launch_env, unwrap
 from speechbs.errors import SpeechbsError
 from speechbs.train.step import train_step
 
@@ -76,9 +76,9 @@ def test_srun_environment():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when no GPU is visible")
 def test_nccl_without_cuda_is_refused():
     with pytest.raises(SpeechbsError, match="'nccl' needs CUDA"):
-        _pick_device("nccl", 0)
+        _pick_device("nccl", LaunchEnv())
     with pytest.raises(SpeechbsError, match="use 'auto', 'nccl' or 'gloo'"):
-        _pick_device("mpi", 0)
+        _pick_device("mpi", LaunchEnv())
 
 
 def test_single_process_context_is_a_no_op(monkeypatch):
