@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("speechbs.data.corpus", "synthesize the built-in labeled English speech corpus"),
     "manifest": ("speechbs.data.manifest_cmd", "build fairseq-style manifests and label files"),
     "validate": ("speechbs.data.validate", "check a manifest's audio and transcripts"),
+    "pretrain": ("speechbs.pretrain", "self-supervised pretraining (alone or under torchrun)"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
 }
 

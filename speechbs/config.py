@@ -14,7 +14,7 @@ module is only the schema. Every field has a docstring under it with its unit;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from speechbs.errors import ConfigError
 
@@ -128,6 +128,31 @@ class BatchConfig:
 
 
 @dataclass(kw_only=True)
+class ModelConfig:
+    """Which model and size; ``arch`` holds that architecture's own typed config.
+
+    In a recipe the architecture's fields sit directly in ``[model]`` beside
+    ``name`` and ``size``: the size chooses their defaults and any field given
+    overrides it, e.g. ``[model] name = "wav2vec2", size = "tiny", mask_prob = 0.5``.
+    """
+
+    name: Literal["wav2vec2"] = "wav2vec2"
+    """Model family (``speechbs.models.registry``)."""
+
+    size: Literal["tiny", "base", "large"] = "base"
+    """Preset whose architecture defaults apply: ``tiny`` (CPU tests, demo), ``base``, ``large``."""
+
+    arch: Any = None
+    """The family's config dataclass, filled from ``size`` and the recipe (not a TOML key)."""
+
+    def __post_init__(self) -> None:
+        if self.arch is None:
+            from speechbs.models.registry import MODELS  # imports torch; only when a model is configured
+
+            self.arch = MODELS[self.name].sizes[self.size]()
+
+
+@dataclass(kw_only=True)
 class OptimConfig:
     """AdamW, with the peak learning rate stated once and scaled to the batch by a rule."""
 
@@ -187,6 +212,15 @@ class ScheduleConfig:
 
     cycle_min_scale: float = 0.01
     """cyclic: LR at the bottom of a triangle as a fraction of the peak (seed study: 1/100)."""
+
+    gumbel_start: float = 2.0
+    """Gumbel-softmax temperature at step 0 (wav2vec 2.0: 2)."""
+
+    gumbel_end: float = 0.5
+    """Floor of the Gumbel temperature (BASE: 0.5; LARGE: 0.1)."""
+
+    gumbel_decay: float = 0.999995
+    """Per-step factor of the Gumbel temperature: max(end, start * decay**step)."""
 
     def __post_init__(self) -> None:
         _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
@@ -251,6 +285,9 @@ class Config:
 
     batch: BatchConfig = field(default_factory=BatchConfig)
     """Seconds of audio per optimizer step and the per-device memory cap."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture: family, size and overrides."""
 
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and the LR scaling rule."""

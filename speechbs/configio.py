@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from speechbs.config import ALIASES, Config
+from speechbs.config import ALIASES, Config, ModelConfig
 from speechbs.errors import ConfigError
 
 
@@ -107,16 +107,52 @@ def build(cls: type, values: dict[str, Any], *, prefix: str, source: str) -> Any
         if key not in fields:
             raise ConfigError(_unknown_key_message(full, key, list(fields), prefix, source))
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if hint is ModelConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {full} is a section; write [{full}] with keys under it")
+            kwargs[key] = build_model_config(value, prefix=f"{full}.", source=source)
+        elif dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {full} is a section; write [{full}] with keys under it")
             kwargs[key] = build(hint, value, prefix=f"{full}.", source=source)
         else:
             kwargs[key] = check_value(full, hint, value, source)
+    if cls is Config and "model" not in kwargs:
+        kwargs["model"] = build_model_config({}, prefix="model.", source=source)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def build_model_config(values: dict[str, Any], *, prefix: str, source: str) -> ModelConfig:
+    """``[model]``: name and size pick the architecture's defaults; other keys override its fields."""
+    from speechbs.models.registry import MODELS  # imports torch: only when a model is configured
+
+    values = dict(values)
+    values.pop("arch", None)  # never a TOML key; tolerate a hand-edited dump
+    name = check_value(f"{prefix}name", typing.get_type_hints(ModelConfig)["name"],
+                       values.pop("name", ModelConfig.name), source)
+    size = check_value(f"{prefix}size", typing.get_type_hints(ModelConfig)["size"],
+                       values.pop("size", ModelConfig.size), source)
+    spec = MODELS[name]
+    if size not in spec.sizes:
+        raise ConfigError(f"{source}: {prefix}size = {size!r} is not defined for {name}; "
+                          f"choose one of {', '.join(spec.sizes)}")
+    defaults = spec.sizes[size]()
+    arch_fields = {f.name: f for f in dataclasses.fields(defaults) if f.init}
+    hints = typing.get_type_hints(type(defaults))
+    overrides = {}
+    for key, value in values.items():
+        if key not in arch_fields:
+            allowed = ["name", "size", *arch_fields]
+            raise ConfigError(_unknown_key_message(f"{prefix}{key}", key, allowed, prefix, source))
+        overrides[key] = check_value(f"{prefix}{key}", hints[key], value, source)
+    try:
+        arch = dataclasses.replace(defaults, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return ModelConfig(name=name, size=size, arch=arch)
 
 
 def _unknown_key_message(full: str, key: str, allowed: list[str], prefix: str, source: str) -> str:
@@ -168,7 +204,13 @@ def _type_name(hint: Any) -> str:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain nested dict; the model's ``arch`` fields are flattened into ``model``."""
+    tree = dataclasses.asdict(cfg)
+    model = tree.get("model")
+    if isinstance(model, dict) and "arch" in model:
+        arch = model.pop("arch") or {}
+        model.update(arch)
+    return tree
 
 
 def dump_toml(cfg: Any) -> str:
@@ -239,7 +281,9 @@ def describe(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
     docs = field_docs(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
+        if isinstance(cfg, ModelConfig) and f.name == "arch":
+            rows.extend(describe(value, prefix))
+        elif dataclasses.is_dataclass(value):
             rows.extend(describe(value, f"{prefix}{f.name}."))
         else:
             rows.append((f"{prefix}{f.name}", value, docs.get(f.name, "")))

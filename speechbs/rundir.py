@@ -20,8 +20,32 @@ from typing import Any
 import torch
 
 from speechbs import __version__
-from speechbs.configio import config_hash, load_config, save_config
+from speechbs.configio import load_config, save_config, to_dict
 from speechbs.errors import ConfigError
+
+
+# Fields that may differ when a run is resumed: they change how long or how often, not what is learned.
+RESUMABLE_CHANGES = frozenset({
+    "train.num_steps", "train.log_every", "train.valid_every", "train.checkpoint_every",
+    "train.keep_last", "train.milestone_steps", "train.milestone_hours", "data.num_workers",
+    "data.valid_manifest", "batch.max_device_seconds",
+})
+
+
+def config_differences(old: Any, new: Any) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_dir_of(cfg: Any) -> Path:
@@ -33,12 +57,12 @@ def prepare_run_dir(cfg: Any, *, world_size: int, is_main: bool) -> Path:
     run_dir = run_dir_of(cfg)
     existing = run_dir / "config.toml"
     if existing.is_file():
-        old = load_config(existing)
-        if config_hash(old) != config_hash(cfg):
+        changed = [k for k in config_differences(load_config(existing), cfg) if k not in RESUMABLE_CHANGES]
+        if changed:
             raise ConfigError(
-                f"run directory {run_dir} holds a run with another config (hash {config_hash(old)}, "
-                f"this one {config_hash(cfg)}); choose a new --set run.name=..., or delete the directory "
-                f"to start over. `diff <(speechbs config RECIPE) {existing}` shows what differs.")
+                f"run directory {run_dir} holds a run with another config: {', '.join(changed)} differ. "
+                f"Choose a new --set run.name=..., or delete the directory to start over. Only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change when a run is resumed.")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -143,3 +143,22 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
             assert audio.is_empty == plan.is_empty, "loader and planner out of step"
         yield StepData(batch, micro_batches, BatchStats.from_split(batch, split, planner.sample_rate_hz))
         done += 1
+
+
+def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, *,
+                       rank: int, world_size: int, targets: TargetsFn | None = None) -> Iterator[AudioBatch]:
+    """Every utterance of ``manifest`` once, uncropped, packed under the per-device cap: this rank's share.
+
+    The whole manifest is planned as ONE global batch and split like a training
+    step, so evaluation pads as little as training does and every rank runs the
+    same number of micro-batches (empty ones become placeholders).
+    """
+    total_s = float(manifest.seconds(audio_cfg.sample_rate_hz).sum())
+    cfg = replace(batch_cfg, seconds=max(total_s, 1e-3), crop="none")
+    planner = build_planner(manifest, cfg, audio_cfg, seed=0)
+    batch = planner.batch_at(0, 0)
+    split = planner.split(batch, world_size)
+    fill = min(s.num_samples for s in batch.segments)
+    dataset = MicroBatchDataset(manifest, audio_cfg, targets)
+    for micro in split[rank]:
+        yield dataset[_Item(micro, fill)]

@@ -11,6 +11,7 @@ same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from speechbs.rundir import prepare_run_dir
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.schedule import lr_scale, peak_lr
-from speechbs.train.step import NonFiniteGuard, train_step
+from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted, checkpoint saved; the SLURM template requeues on it
 
@@ -42,12 +43,16 @@ class Task:
     model: nn.Module
     forward: Callable[..., Any]
     """forward(model, micro_batch, step=k) -> StepOutput (loss sum, number of targets, log sums)."""
+    metrics: Callable[[StepReport], dict[str, float]]
+    """Named per-step metrics from the engine's reduced sums (e.g. accuracy = correct / targets)."""
     step_logs: Callable[[int], dict[str, float]] = lambda step: {}
     """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
     validate: Callable[[nn.Module, int], dict[str, float]] | None = None
     """validate(model, step) -> metrics; called on every rank, logged by rank 0."""
     after_step: Callable[[nn.Module, int], None] | None = None
     """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
+    find_unused_parameters: bool = False
+    """DDP must expect parameters without gradients (layer drop skips whole layers)."""
 
 
 @dataclass
@@ -69,7 +74,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
                            sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed)
     task = build_task(cfg, ctx)
-    model = ctx.wrap_model(task.model)
+    model = ctx.wrap_model(task.model, find_unused_parameters=task.find_unused_parameters)
     optimizer = build_optimizer(task.model, cfg.optim)
     lr_peak = peak_lr(cfg.optim, cfg.batch.seconds)
     state = TrainState()
@@ -92,7 +97,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
     milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                       num_workers=cfg.data.num_workers)
+                       num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
+    autocast, grad_scaler = precision_context(ctx.device, _precision(cfg.train.precision, ctx.device))
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
@@ -103,22 +109,21 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         _seed_step(cfg.run.seed, state.step, ctx.rank)
         report = train_step(model, optimizer, data.micro_batches,
                             lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
-                            clip_norm=cfg.optim.clip_norm or None, autocast=ctx.autocast(cfg.train.precision))
+                            clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler)
         state.step += 1
-        state.hours_seen += data.stats.real_seconds / 3600
+        state.hours_seen += data.stats.real_s / 3600
         state.planner = planner.state_dict()
-        if report.skipped:
-            state.num_skipped += 1
-        guard.update(report)  # raises after too many non-finite steps in a row
+        state.num_skipped += 0 if report.updated else 1
+        guard.update(report, state.step)  # raises after too many non-finite steps in a row
         if task.after_step is not None:
             task.after_step(task.model, state.step)
 
         now = time.monotonic()
         seconds_per_step, tick = now - tick, now
         log.log_step(state.step, {
-            **report.metrics(), "lr": lr, **task.step_logs(state.step), **data.stats.as_dict(),
+            **task.metrics(report), "lr": lr, **task.step_logs(state.step), **_batch_logs(data),
             "hours_seen": state.hours_seen, "num_skipped": state.num_skipped,
-            "audio_s_per_s": data.stats.real_seconds / seconds_per_step / ctx.world_size,
+            "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **_memory(ctx)})
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
@@ -143,6 +148,30 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     log.message(f"done: {state.step} steps, {state.hours_seen:.3f} h of audio seen")
     log.close()
     return state
+
+
+def _batch_logs(data: Any) -> dict[str, Any]:
+    """Accounting for one global step, plus a fingerprint of which audio it held.
+
+    The fingerprint hashes the (utterance, offset, length) triples of the global
+    batch: two runs with the same recipe log the same fingerprints whatever
+    their number of processes, which is how world-size invariance is checked.
+    """
+    stats = data.stats
+    segments = sorted((s.index, s.offset_samples, s.num_samples) for s in data.batch.segments)
+    digest = hashlib.sha1(repr(segments).encode()).hexdigest()[:12]
+    return {
+        "epoch": data.batch.epoch, "batch_s": stats.real_s, "padded_s": stats.padded_s,
+        "packing": stats.packing_efficiency, "max_device_padded_s": stats.max_device_padded_s, "cropped_s": stats.cropped_s,
+        "num_utterances": stats.num_utterances, "num_micro_batches": stats.num_micro_batches,
+        "num_empty_micro_batches": stats.num_empty_micro_batches, "batch_fingerprint": digest,
+    }
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> dict:
