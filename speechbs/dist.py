@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -225,6 +226,9 @@ def _pick_device(backend: str, launch: LaunchEnv) -> tuple[torch.device, str]:
 def shutdown(ctx: DistContext) -> None:
     """Leave the process group (call at the end of a run, also after an error)."""
     if ctx.is_distributed and torch_dist.is_initialized():
+        # DDP wrappers sit in reference cycles; free them while the group still exists,
+        # or their destructors run at interpreter exit and can abort the process.
+        gc.collect()
         torch_dist.destroy_process_group()
 
 

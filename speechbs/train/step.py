@@ -78,6 +78,8 @@ class StepReport:
     """Micro-batches this rank ran (the same on every rank)."""
     nonfinite_in: str = ""
     """``loss`` or ``grad`` when ``skipped_nonfinite``; empty otherwise."""
+    stop_requested: bool = False
+    """Some rank passed ``stop_requested=True`` (e.g. it got SIGUSR1): all ranks stop after this step."""
 
     @property
     def updated(self) -> bool:
@@ -123,7 +125,7 @@ class NonFiniteGuard:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[Any],
                forward: ForwardFn, ctx: DistContext, *, clip_norm: float | None = None,
                autocast: AutocastFactory | None = None, grad_scaler: torch.amp.GradScaler | None = None,
-               grad_hook: GradHook | None = None) -> StepReport:
+               grad_hook: GradHook | None = None, stop_requested: bool = False) -> StepReport:
     """Accumulate gradients over ``micro_batches``, normalize by the global target count, clip, step.
 
     ``model`` is DDP-wrapped when ``ctx.world_size > 1`` (:meth:`DistContext.wrap_model`).
@@ -132,20 +134,23 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     are then multiplied by zero so every rank joins every gradient all-reduce.
     ``autocast`` is a factory of the precision context (e.g. bf16 on GPU), entered
     around each forward. The learning rate is set by the caller before this call.
+    ``stop_requested`` rides along in the step's all-reduce, so a preemption signal
+    that reached the ranks at different moments still stops them all after the same step.
     """
     if ctx.world_size > 1 and not isinstance(model, DistributedDataParallel):
         raise RuntimeError("train_step with world_size > 1 needs the DDP-wrapped model (ctx.wrap_model)")
     assert len(micro_batches) > 0, "the batch plan gives every rank at least one micro-batch"
     optimizer.zero_grad(set_to_none=True)
     packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_hook)
+    packed_K[3] = float(stop_requested)
     ctx.all_reduce_sum(packed_K)
-    num_targets, num_nonfinite, loss_sum, *log_values = packed_K.tolist()  # the one host sync so far
+    num_targets, num_nonfinite, loss_sum, num_stop, *log_values = packed_K.tolist()  # the one host sync so far
     log_sums = dict(zip(keys, log_values))
     denominator = num_targets if num_targets > 0 else math.nan
     report = functools.partial(
         StepReport, loss=loss_sum / denominator, num_targets=num_targets, log_sums=log_sums,
         log_means={key: value / denominator for key, value in log_sums.items()},
-        num_micro_batches=len(micro_batches))
+        num_micro_batches=len(micro_batches), stop_requested=num_stop > 0)
     if num_nonfinite > 0 or num_targets == 0:
         optimizer.zero_grad(set_to_none=True)  # leave no NaN gradients behind for a reader
         return report(grad_norm=math.nan, skipped_nonfinite=num_nonfinite > 0, skipped_empty=num_nonfinite == 0,
@@ -167,11 +172,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
 def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: ForwardFn, ctx: DistContext,
                 autocast: AutocastFactory | None, grad_scaler: torch.amp.GradScaler | None,
                 grad_hook: GradHook | None) -> tuple[torch.Tensor, list[str]]:
-    """Forward and backward every micro-batch; return [num_targets, num_nonfinite, loss_sum, logs...].
+    """Forward and backward every micro-batch; return [num_targets, num_nonfinite, loss_sum, 0, logs...].
 
     Sums stay on the device as tensors: no host sync inside the loop (DESIGN.md 7).
     """
-    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)
     log_sums: dict[str, torch.Tensor] = {}
     last = len(micro_batches) - 1
     for index, micro_batch in enumerate(micro_batches):
@@ -186,7 +191,7 @@ def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: Forward
                                    "every micro-batch (also a placeholder) so that DDP sees every parameter")
             loss_sum = out.loss_sum.detach()
             parts = (torch.as_tensor(out.num_targets).detach(), ~torch.isfinite(loss_sum), loss_sum)
-            totals += torch.stack([part.to(device=ctx.device, dtype=torch.float64) for part in parts])
+            totals[:3] += torch.stack([part.to(device=ctx.device, dtype=torch.float64) for part in parts])
             (grad_scaler.scale(out.loss_sum) if grad_scaler is not None else out.loss_sum).backward()
         if index > 0 and out.logs.keys() != log_sums.keys():
             raise RuntimeError(f"micro-batch {index} logs {sorted(out.logs)}, the first {sorted(log_sums)}; "

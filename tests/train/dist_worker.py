@@ -181,7 +181,7 @@ def train_with_nan(utts: list[torch.Tensor], ctx: DistContext) -> dict:
     micro_batches = rank_micro_batches(utts, 0, ctx.world_size, 2, ctx.rank)
     if ctx.rank == 1:
         micro_batches[0].wav_BT[0, 100] = float("nan")
-    poisoned = train_step(model, optimizer, micro_batches, frame_forward, ctx)
+    poisoned = train_step(model, optimizer, micro_batches, frame_forward, ctx, stop_requested=ctx.rank == 1)
     params_after_poisoned = params_of(model)
     clean = train_step(model, optimizer, rank_micro_batches(utts, 1, ctx.world_size, 2, ctx.rank),
                        frame_forward, ctx)

@@ -214,5 +214,6 @@ def test_nonfinite_loss_on_one_rank_skips_the_update_everywhere(runs):
     for rank, result in enumerate(results["nan_w2"]):
         assert result["poisoned"]["skipped_nonfinite"] and result["poisoned"]["nonfinite_in"] == "loss"
         assert all(torch.equal(initial[k], v) for k, v in result["params_after_poisoned"].items()), rank
-        assert result["clean"]["skipped_nonfinite"] is False
+        assert result["poisoned"]["stop_requested"], "rank 1's stop request reaches every rank"
+        assert result["clean"]["skipped_nonfinite"] is False and not result["clean"]["stop_requested"]
         assert relative_error(result["params"], params_of(model)) < TOLERANCE, f"rank {rank}"
