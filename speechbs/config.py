@@ -235,8 +235,8 @@ class TrainConfig:
     num_steps: int = 400_000
     """Optimizer steps to train (wav2vec 2.0 BASE: 400k)."""
 
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Autocast dtype: ``auto`` is bf16 on a GPU that supports it, fp32 on CPU."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast dtype: ``auto`` is bf16 on a GPU that supports it, fp32 otherwise; ``fp16`` adds a grad scaler (GPU only)."""
 
     log_every: int = 100
     """Steps between console lines; metrics.jsonl and TensorBoard get every step."""

@@ -109,7 +109,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         _seed_step(cfg.run.seed, state.step, ctx.rank)
         report = train_step(model, optimizer, data.micro_batches,
                             lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
-                            clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler)
+                            clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
+                            stop_requested=stop.requested)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.planner = planner.state_dict()
@@ -133,7 +134,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         while milestone_hours and state.hours_seen >= milestone_hours[0]:
             milestone_hours.pop(0)
         milestone |= state.step in cfg.train.milestone_steps
-        stopping = stop.agreed(ctx)
+        stopping = report.stop_requested  # agreed by every rank inside the step's one all-reduce
         if (milestone or stopping or state.step == cfg.train.num_steps
                 or state.step % max(cfg.train.checkpoint_every, 1) == 0):
             if ctx.is_main:
@@ -225,11 +226,4 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
-
-    def agreed(self, ctx: DistContext) -> bool:
-        if ctx.world_size == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
-        ctx.all_reduce_sum(flag)
-        return bool(flag.item() > 0)
 
