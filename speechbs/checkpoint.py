@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from speechbs.atomic import write_text
 from speechbs.errors import DataError
 
 INDEX = "index.json"
@@ -82,9 +83,7 @@ def read_index(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def _write_index(ckpt_dir: Path, index: dict[str, Any]) -> None:
-    tmp = ckpt_dir / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, ckpt_dir / INDEX)
+    write_text(ckpt_dir / INDEX, json.dumps(index, indent=1) + "\n")
 
 
 def _prune(ckpt_dir: Path, index: dict[str, Any], keep_last: int) -> None:

@@ -25,6 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from speechbs.atomic import write_text
 from speechbs.config import ALIASES, Config, ModelConfig
 from speechbs.errors import ConfigError
 
@@ -252,10 +253,7 @@ def config_hash(cfg: Any, length: int = 10) -> str:
 def save_config(cfg: Any, run_dir: str | Path) -> Path:
     path = Path(run_dir) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(f"# resolved config, hash {config_hash(cfg)}\n" + dump_toml(cfg), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(path, f"# resolved config, hash {config_hash(cfg)}\n" + dump_toml(cfg))
 
 
 @functools.cache

@@ -21,6 +21,7 @@ import torch
 
 from speechbs import __version__
 from speechbs.configio import load_config, save_config, to_dict
+from speechbs.atomic import write_text
 from speechbs.errors import ConfigError
 
 
@@ -88,7 +89,7 @@ def write_env(run_dir: Path, world_size: int) -> None:
     path = run_dir / "env.json"
     launches = json.loads(path.read_text()) if path.is_file() else []
     launches.append(env)
-    path.write_text(json.dumps(launches, indent=1) + "\n")
+    write_text(path, json.dumps(launches, indent=1) + "\n")
 
 
 def _git_commit() -> str | None:

@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
+from speechbs.atomic import write_text
 from speechbs.data import espeak, texts
 from speechbs.data.audio import resample
 from speechbs.data.manifest import Manifest, write_labels, write_manifest
@@ -317,9 +318,7 @@ def _metadata(settings: dict, splits: dict, audio_dir: Path, manifest_dir: Path,
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def parse_snr(text: str | None) -> tuple[float, float] | None:

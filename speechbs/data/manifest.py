@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speechbs.atomic import write_text
 from speechbs.errors import DataError
 
 WORD_BOUNDARY = "|"
@@ -109,12 +110,12 @@ def write_manifest(manifest: Manifest, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = [str(manifest.root)] + [f"{p}\t{n}" for p, n in zip(manifest.paths, manifest.num_samples)]
-    _atomic_write(path, "\n".join(body) + "\n")
+    write_text(path, "\n".join(body) + "\n")
     rates_path = path.with_suffix(".rates")
     if manifest.sample_rates_hz is not None and len(manifest):
         unique = np.unique(manifest.sample_rates_hz)
         rates = [str(unique[0])] if len(unique) == 1 else [str(r) for r in manifest.sample_rates_hz]
-        _atomic_write(rates_path, "\n".join(rates) + "\n")
+        write_text(rates_path, "\n".join(rates) + "\n")
     elif rates_path.exists():
         rates_path.unlink()
     return path
@@ -152,8 +153,8 @@ def write_labels(transcripts: list[str], manifest_path: str | Path) -> tuple[Pat
     """Write ``.wrd`` and ``.ltr`` beside ``manifest_path``, one line per utterance."""
     wrd = label_path(manifest_path, "wrd")
     ltr = label_path(manifest_path, "ltr")
-    _atomic_write(wrd, "".join(f"{' '.join(t.split())}\n" for t in transcripts))
-    _atomic_write(ltr, "".join(f"{words_to_letters(t)}\n" for t in transcripts))
+    write_text(wrd, "".join(f"{' '.join(t.split())}\n" for t in transcripts))
+    write_text(ltr, "".join(f"{words_to_letters(t)}\n" for t in transcripts))
     return wrd, ltr
 
 
@@ -171,9 +172,3 @@ def read_labels(manifest: Manifest, ext: str) -> list[str]:
         raise DataError(f"{path} has {len(lines)} lines but {manifest.source} has {len(manifest)} "
                         f"utterances; they must line up one to one (rebuild them together)")
     return lines
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
