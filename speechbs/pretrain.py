@@ -54,7 +54,7 @@ def utterance_seeds(seed: int, step: int, indices_B: torch.Tensor) -> torch.Tens
 
 def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
     spec = MODELS[cfg.model.name]
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every world size
+    ctx.seed_everything(cfg.run.seed, same_on_all_ranks=True)  # the same initial weights at any world size
     model = spec.model_cls(cfg.model.arch).to(ctx.device)
     sched = cfg.schedule
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,7 +62,6 @@ class TrainState:
     hours_seen: float = 0.0
     """Real audio consumed, h (cropped-away audio does not count)."""
     num_skipped: int = 0
-    planner: dict = field(default_factory=dict)
 
 
 def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
@@ -98,7 +97,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
                        num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
-    autocast, grad_scaler = precision_context(ctx.device, _precision(cfg.train.precision, ctx.device))
+    autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
@@ -106,14 +105,15 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         data = next(steps)
         lr = lr_peak * lr_scale(state.step, cfg.schedule, cfg.train.num_steps)
         set_lr(optimizer, lr)
-        _seed_step(cfg.run.seed, state.step, ctx.rank)
+        # Dropout and other global-RNG draws come from (seed, step, rank): a resume at step k
+        # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
+        ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         report = train_step(model, optimizer, data.micro_batches,
                             lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
                             clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
                             stop_requested=stop.requested)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
-        state.planner = planner.state_dict()
         state.num_skipped += 0 if report.updated else 1
         guard.update(report, state.step)  # raises after too many non-finite steps in a row
         if task.after_step is not None:
@@ -138,7 +138,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         if (milestone or stopping or state.step == cfg.train.num_steps
                 or state.step % max(cfg.train.checkpoint_every, 1) == 0):
             if ctx.is_main:
-                save_checkpoint(ckpt_dir, state.step, _state_dict(cfg, task.model, optimizer, state),
+                save_checkpoint(ckpt_dir, state.step, _state_dict(cfg, task.model, optimizer, planner, state),
                                 keep_last=cfg.train.keep_last, milestone=milestone)
             ctx.barrier()
         if stopping:
@@ -169,22 +169,18 @@ def _batch_logs(data: Any) -> dict[str, Any]:
     }
 
 
-def _precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> dict:
+def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
+                state: TrainState) -> dict:
+    # No RNG state: every step reseeds from (seed, step, rank), and masks, distractors and
+    # Gumbel noise are keyed by per-utterance seeds, so the step number is all a resume needs.
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "planner": state.planner,
+        "planner": planner.state_dict(),
         "step": state.step,
         "hours_seen": state.hours_seen,
         "num_skipped": state.num_skipped,
         "config_toml": dump_toml(cfg),
-        "rng_torch": torch.get_rng_state(),
     }
 
 
@@ -193,16 +189,12 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
     optimizer.load_state_dict(ckpt["optimizer"])
     planner.load_state_dict(ckpt["planner"])
     return TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
-                      num_skipped=int(ckpt["num_skipped"]), planner=dict(ckpt["planner"]))
+                      num_skipped=int(ckpt["num_skipped"]))
 
 
-def _seed_step(seed: int, step: int, rank: int) -> None:
-    """Reseed dropout and other global-RNG draws from (seed, step, rank).
-
-    Resuming at step k then draws exactly what an uninterrupted run draws,
-    with no RNG state to carry across a change in the number of processes.
-    """
-    torch.manual_seed((seed * 1_000_003 + step) * 4_099 + rank)
+def _step_seed(seed: int, step: int) -> int:
+    """The global-RNG seed of optimizer step ``step`` (the rank is added by ``seed_everything``)."""
+    return (seed * 1_000_003 + step) * 4_099
 
 
 def _memory(ctx: DistContext) -> dict[str, float]:

@@ -227,15 +227,17 @@ def _normalize_and_clip(model: nn.Module, optimizer: torch.optim.Optimizer, fact
 
 def precision_context(device: torch.device, precision: str) -> tuple[AutocastFactory | None,
                                                                       torch.amp.GradScaler | None]:
-    """The autocast factory and grad scaler for ``precision`` (``fp32``, ``bf16`` or ``fp16``).
+    """The autocast factory and grad scaler for ``precision`` (``auto``, ``fp32``, ``bf16`` or ``fp16``).
 
-    bf16 needs no scaler (same exponent range as fp32); fp16 does, to keep small
+    ``auto`` is bf16 on a CUDA device that supports it and fp32 otherwise. bf16 needs no scaler (same exponent range as fp32); fp16 does, to keep small
     gradients from flushing to zero (Micikevicius et al. 2018, "Mixed precision training").
     """
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp32":
         return None, None
     if precision not in ("bf16", "fp16"):
-        raise SpeechbsError(f"precision {precision!r}: use 'fp32', 'bf16' or 'fp16'")
+        raise SpeechbsError(f"precision {precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
     if precision == "fp16" and device.type != "cuda":
         raise SpeechbsError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

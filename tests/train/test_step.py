@@ -211,3 +211,7 @@ def test_precision_context():
         precision_context(torch.device("cpu"), "fp16")
     with pytest.raises(SpeechbsError, match="'fp32', 'bf16' or 'fp16'"):
         precision_context(torch.device("cpu"), "half")
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    assert precision_context(torch.device("cpu"), "auto") == (None, None)
