@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from speechbs import __version__
-from speechbs.configio import load_config, save_config, to_dict
+from speechbs.configio import describe, load_config, save_config
 from speechbs.atomic import write_text
 from speechbs.errors import ConfigError
 
@@ -35,18 +35,9 @@ RESUMABLE_CHANGES = frozenset({
 
 def config_differences(old: Any, new: Any) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-    a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
+    a = {key: value for key, value, _doc in describe(old)}
+    b = {key: value for key, value, _doc in describe(new)}
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_dir_of(cfg: Any) -> Path:

@@ -116,9 +116,14 @@ class _PlanStream:
     def __iter__(self) -> Iterator[_Item]:
         while True:
             batch = self.cursor.next_batch()
-            fill = min(s.num_samples for s in batch.segments)
-            for micro in self.cursor.split(batch, self.world_size)[self.rank]:
-                yield _Item(micro, fill)
+            yield from _items(batch, self.cursor.split(batch, self.world_size)[self.rank])
+
+
+def _items(batch: GlobalBatch, micro_batches: list[MicroBatch]) -> Iterator[_Item]:
+    """Plans for the workers; a placeholder is as long as the batch's shortest segment, so the model runs on it."""
+    fill = min(s.num_samples for s in batch.segments)
+    for micro in micro_batches:
+        yield _Item(micro, fill)
 
 
 def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig, *, rank: int,
@@ -157,8 +162,6 @@ def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: Au
     cfg = replace(batch_cfg, seconds=max(total_s, 1e-3), crop="none")
     planner = build_planner(manifest, cfg, audio_cfg, seed=0)
     batch = planner.batch_at(0, 0)
-    split = planner.split(batch, world_size)
-    fill = min(s.num_samples for s in batch.segments)
     dataset = MicroBatchDataset(manifest, audio_cfg, targets)
-    for micro in split[rank]:
-        yield dataset[_Item(micro, fill)]
+    for item in _items(batch, planner.split(batch, world_size)[rank]):
+        yield dataset[item]
