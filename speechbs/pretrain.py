@@ -17,7 +17,7 @@ from torch import nn
 from speechbs.configio import load_config
 from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import read_manifest
-from speechbs.dist import DistContext, distributed, unwrap
+from speechbs.dist import DistContext, distributed
 from speechbs.models.registry import MODELS
 from speechbs.train.loop import Task, train
 from speechbs.train.schedule import gumbel_temperature
@@ -85,8 +85,8 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
                     continue
                 # Fixed seeds: every validation pass masks the same frames, so curves compare.
                 seeds_B = utterance_seeds(cfg.run.seed, 0, mb.indices_B).to(ctx.device)
-                out = unwrap(m)(mb.wav_BT.to(ctx.device), mb.lengths_B.to(ctx.device), seeds_B=seeds_B,
-                                gumbel_temperature=temperature(step))
+                out = m(mb.wav_BT.to(ctx.device), mb.lengths_B.to(ctx.device), seeds_B=seeds_B,
+                        gumbel_temperature=temperature(step))
                 totals += torch.stack([out.loss.loss_sum, out.loss.contrastive_sum,
                                        out.loss.num_correct, out.loss.num_targets]).to(torch.float64)
         m.train()

@@ -1,9 +1,10 @@
 """The run directory: ``<output_dir>/<name>/`` with config, environment, metrics and checkpoints.
 
 Pointing a command at an existing run directory resumes it, provided the
-config is the same one (its hash is compared); a different config is refused
-with a message, because mixing two configs in one directory would make its
-curves meaningless.
+config differs at most in how long or how often it trains
+(:data:`RESUMABLE_CHANGES`); any other difference is refused with a message
+naming the fields, because mixing two experiments in one directory would make
+its curves meaningless.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class Task:
     step_logs: Callable[[int], dict[str, float]] = lambda step: {}
     """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
     validate: Callable[[nn.Module, int], dict[str, float]] | None = None
-    """validate(model, step) -> metrics; called on every rank, logged by rank 0."""
+    """validate(model, step) -> metrics, given the unwrapped model; called on every rank, logged by rank 0."""
     after_step: Callable[[nn.Module, int], None] | None = None
     """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
     find_unused_parameters: bool = False
