@@ -5,7 +5,8 @@ dict of tensors and numbers (model, optimizer, planner position, step, hours
 seen, the resolved config as TOML, RNG state). It is written to a temporary
 name in the same directory, flushed and renamed, so a crash during a save
 never destroys the last good checkpoint. ``checkpoints/index.json`` records
-which files are milestones (kept forever) and which is the latest.
+which files are milestones (kept forever), which is the latest, and, when a
+task selects on a validation metric, the step and score of ``best.pt``.
 Loading uses ``torch.load(weights_only=True)``: no code in a checkpoint runs.
 """
 
@@ -22,6 +23,7 @@ from speechbs.atomic import write_text
 from speechbs.errors import DataError
 
 INDEX = "index.json"
+BEST = "best.pt"
 
 
 def checkpoint_name(step: int) -> str:
@@ -40,12 +42,7 @@ def save_checkpoint(
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / checkpoint_name(step)
-    tmp = ckpt_dir / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_save(state, path)
     index = read_index(ckpt_dir)
     if milestone and path.name not in index["milestones"]:
         index["milestones"].append(path.name)
@@ -53,6 +50,23 @@ def save_checkpoint(
     _write_index(ckpt_dir, index)
     _prune(ckpt_dir, index, keep_last)
     return path
+
+
+def save_best(ckpt_dir: str | Path, step: int, state: dict[str, Any], *, metric: str, value: float) -> Path:
+    """Write ``state`` as ``best.pt`` (atomically) and record which step and score it holds."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / BEST
+    _atomic_save(state, path)
+    index = read_index(ckpt_dir)
+    index["best"] = {"file": BEST, "step": step, "metric": metric, "value": value}
+    _write_index(ckpt_dir, index)
+    return path
+
+
+def best_score(ckpt_dir: str | Path) -> dict[str, Any] | None:
+    """``{"step", "metric", "value"}`` of ``best.pt``, or None when no best checkpoint was saved."""
+    return read_index(Path(ckpt_dir)).get("best")
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -73,6 +87,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}). If it is a foreign pickled "
                         f"checkpoint, convert it explicitly; speechbs never unpickles code.") from None
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_index(ckpt_dir: Path) -> dict[str, Any]:

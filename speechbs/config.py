@@ -49,15 +49,20 @@ class DataConfig:
     """Held-out manifest for validation loss/WER; empty string disables validation."""
 
     labels: str = ""
-    """Label file extension for fine-tuning (``ltr`` or ``wrd``); empty for pretraining."""
+    """Extension of the label files beside each manifest (fairseq's ``task.labels``): ``ltr`` or
+    ``wrd`` transcripts for fine-tuning, a cluster-label extension such as ``km`` for HuBERT and
+    WavLM pretraining (``train.tsv`` -> ``train.km``); empty for wav2vec 2.0 pretraining."""
+
+    label_dir: str = ""
+    """Directory of the label files when they are not beside the manifests (empty: beside them)."""
 
     num_workers: int = 2
     """Data-loading worker processes per device (0 loads in the training process)."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _require(self.labels in ("", "ltr", "wrd"), "data.labels",
-                 f"got {self.labels!r}; allowed: '', 'ltr', 'wrd'")
+        _require(self.labels == "" or self.labels.replace("_", "").isalnum(), "data.labels",
+                 f"got {self.labels!r}; give a file extension without the dot, e.g. 'ltr' or 'km'")
 
 
 @dataclass(kw_only=True)

@@ -46,6 +46,18 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
     return build(Config, tree, prefix="", source=source)
 
 
+def config_from_toml(text: str, source: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Rebuild a config from TOML text, e.g. the ``config_toml`` saved in a checkpoint."""
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: the saved config is not valid TOML: {exc}") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    return build(Config, _apply_aliases(tree, source), prefix="", source=source)
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -43,3 +43,16 @@ def test_loading_never_unpickles_code(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_best_checkpoint_is_recorded_beside_the_rolling_ones(tmp_path):
+    from speechbs.checkpoint import best_score, save_best
+
+    assert best_score(tmp_path) is None
+    save_checkpoint(tmp_path, 1, {"x": torch.tensor(1.0)}, keep_last=1)
+    path = save_best(tmp_path, 1, {"x": torch.tensor(1.0)}, metric="wer", value=0.5)
+    save_checkpoint(tmp_path, 2, {"x": torch.tensor(2.0)}, keep_last=1)
+    assert path.name == "best.pt" and path.is_file()
+    assert best_score(tmp_path) == {"file": "best.pt", "step": 1, "metric": "wer", "value": 0.5}
+    assert load_checkpoint(path)["x"].item() == 1.0
+    assert latest_checkpoint(tmp_path).name == "step_00000002.pt"  # best.pt is not a resume point

@@ -12,7 +12,7 @@ depends on ``num_workers``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,11 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
-from speechbs.data.batching import BatchPlanner, BatchStats, GlobalBatch, MicroBatch
+from speechbs.data.batching import BatchPlanner, BatchStats, GlobalBatch, MicroBatch, Segment
 from speechbs.data.manifest import Manifest
 
-TargetsFn = Callable[[np.ndarray], Any]
-"""Fine-tuning hook: manifest rows of a micro-batch -> its targets (e.g. padded label ids)."""
+TargetsFn = Callable[[Sequence[Segment]], Any]
+"""Targets hook: the segments of a micro-batch (manifest row, offset and length in
+samples at the model rate, in row order) -> its targets, e.g. padded character ids
+for CTC or the cluster labels of the cropped span for HuBERT."""
 
 
 @dataclass
@@ -42,7 +44,7 @@ class AudioBatch:
     is_empty: bool
     """A placeholder for an empty micro-batch: run it, multiply its loss by 0 (DDP sees every parameter)."""
     targets: Any = None
-    """What ``targets`` returned for these rows (None in pretraining and for placeholders)."""
+    """What the targets hook returned for these segments (None without a hook, and for placeholders)."""
 
 
 @dataclass
@@ -86,7 +88,7 @@ def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBat
         lengths_B[row] = len(wav_T)
     indices = np.asarray([s.index for s in micro.segments], dtype=np.int64)
     return AudioBatch(wav_BT, lengths_B, torch.from_numpy(indices), is_empty=False,
-                      targets=None if targets is None else targets(indices))
+                      targets=None if targets is None else targets(micro.segments))
 
 
 class MicroBatchDataset(Dataset):

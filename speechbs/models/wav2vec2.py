@@ -24,6 +24,7 @@ from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, ConvSpec,
 from speechbs.models.blocks.masking import sample_negatives, span_mask
 from speechbs.models.blocks.quantizer import GumbelQuantizer, QuantizerOutput
 from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
+from speechbs.models.encoder import EncoderOutput
 
 BASE_CONV: tuple[ConvSpec, ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
@@ -137,20 +138,6 @@ def tiny(**overrides) -> Wav2Vec2Config:
                     final_dim=64, num_codebooks=2, codebook_size=32, codevector_dim=64,
                     layerdrop=0.0)
     return Wav2Vec2Config(**{**settings, **overrides})
-
-
-@dataclass
-class EncoderOutput:
-    """What fine-tuning and feature extraction use."""
-
-    features_BTC: torch.Tensor
-    """Transformer output (padded frames zeroed), (B, T, embed_dim)."""
-    padding_BT: torch.Tensor
-    """True at padded frames (fairseq's ``padding_mask`` convention)."""
-    frame_lengths_B: torch.Tensor
-    """Valid frames per row, from the conv arithmetic."""
-    layer_outputs: list[torch.Tensor] | None = None
-    """Each transformer layer's output (for HuBERT targets and layer-weighted heads), when requested."""
 
 
 @dataclass

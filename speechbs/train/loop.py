@@ -16,12 +16,12 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
 
-from speechbs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from speechbs.checkpoint import best_score, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import iter_steps
@@ -53,6 +53,10 @@ class Task:
     """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
     find_unused_parameters: bool = False
     """DDP must expect parameters without gradients (layer drop skips whole layers)."""
+    best_metric: str = ""
+    """Validation metric that selects ``checkpoints/best.pt`` (e.g. ``wer``); empty: no selection."""
+    best_mode: Literal["min", "max"] = "min"
+    """Whether a lower or a higher ``best_metric`` is better."""
 
 
 @dataclass
@@ -128,7 +132,14 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
             "step_s": seconds_per_step, **_memory(ctx)})
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
-            log.log_step(state.step, task.validate(task.model, state.step), kind="valid")
+            scores = task.validate(task.model, state.step)
+            log.log_step(state.step, scores, kind="valid")
+            if task.best_metric and _improves(task, scores, best_score(ckpt_dir)):
+                if ctx.is_main:
+                    save_best(ckpt_dir, state.step, _state_dict(cfg, task.model, optimizer, planner, state),
+                              metric=task.best_metric, value=scores[task.best_metric])
+                    log.message(f"new best {task.best_metric} {scores[task.best_metric]:.4g} at step {state.step}")
+                ctx.barrier()
 
         milestone = bool(milestone_hours and state.hours_seen >= milestone_hours[0])
         while milestone_hours and state.hours_seen >= milestone_hours[0]:
@@ -167,6 +178,18 @@ def _batch_logs(data: Any) -> dict[str, Any]:
         "num_utterances": stats.num_utterances, "num_micro_batches": stats.num_micro_batches,
         "num_empty_micro_batches": stats.num_empty_micro_batches, "batch_fingerprint": digest,
     }
+
+
+def _improves(task: Task, scores: dict[str, float], best: dict[str, Any] | None) -> bool:
+    """Whether ``scores`` beats the recorded best (the same decision on every rank: scores are reduced)."""
+    value = scores.get(task.best_metric)
+    if value is None:
+        raise KeyError(f"validation returned {sorted(scores)}, not the selection metric {task.best_metric!r}")
+    if value != value:  # NaN never wins
+        return False
+    if best is None:
+        return True
+    return value < best["value"] if task.best_mode == "min" else value > best["value"]
 
 
 def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,

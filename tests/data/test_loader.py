@@ -106,11 +106,13 @@ def test_prefetching_does_not_make_resume_skip_batches(tone_manifest):
     assert got == want[5:12]
 
 
-def test_targets_hook_receives_the_rows(tone_manifest):
+def test_targets_hook_receives_the_segments(tone_manifest):
     planner = build_planner(tone_manifest, batch_cfg(), AUDIO, seed=1)
     split = planner.split(planner.next_batch(), 1)
-    audio = load_micro_batch(tone_manifest, AUDIO, split[0][0], 10, targets=lambda rows: rows * 2)
-    assert np.array_equal(audio.targets, audio.indices_B.numpy() * 2)
+    audio = load_micro_batch(tone_manifest, AUDIO, split[0][0], 10,
+                             targets=lambda segments: [(s.index, s.num_samples) for s in segments])
+    assert [row for row, _ in audio.targets] == audio.indices_B.tolist()
+    assert [n for _, n in audio.targets] == audio.lengths_B.tolist()
     assert load_micro_batch(tone_manifest, AUDIO, EMPTY_MICRO_BATCH, 10).targets is None
 
 
