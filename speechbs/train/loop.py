@@ -24,7 +24,7 @@ from torch import nn
 from speechbs.checkpoint import best_score, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
-from speechbs.data.loader import iter_steps
+from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext
 from speechbs.rundir import prepare_run_dir
@@ -53,6 +53,8 @@ class Task:
     """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
     find_unused_parameters: bool = False
     """DDP must expect parameters without gradients (layer drop skips whole layers)."""
+    targets: TargetsFn | None = None
+    """Loader hook that attaches each micro-batch's targets (cluster labels, transcripts); runs in workers."""
     best_metric: str = ""
     """Validation metric that selects ``checkpoints/best.pt`` (e.g. ``wer``); empty: no selection."""
     best_mode: Literal["min", "max"] = "min"
@@ -100,7 +102,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
     milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                       num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
+                       num_workers=cfg.data.num_workers, targets=task.targets,
+                       pin_memory=ctx.device.type == "cuda")
     autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
     tick = time.monotonic()
 
