@@ -1,14 +1,16 @@
 """``speechbs pretrain RECIPE [--set ...]``: self-supervised pretraining, alone or under torchrun.
 
-This module says what pretraining wav2vec 2.0 means for the shared loop
+This module says what self-supervised pretraining means for the shared loop
 (:mod:`speechbs.train.loop`): how a micro-batch becomes a loss sum, which
-per-utterance seeds drive masking, distractors and Gumbel noise, and how the
-validation loss is measured. Everything else is the shared loop's.
+per-utterance seeds drive masking, distractors and Gumbel noise, which
+cluster labels HuBERT and WavLM predict, and how the validation loss is
+measured. Everything else is the shared loop's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 import torch
@@ -18,6 +20,7 @@ from speechbs.configio import load_config
 from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext, distributed
+from speechbs.errors import ConfigError
 from speechbs.models.registry import MODELS
 from speechbs.train.loop import Task, train
 from speechbs.train.schedule import gumbel_temperature
@@ -57,60 +60,123 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
     ctx.seed_everything(cfg.run.seed, same_on_all_ranks=True)  # the same initial weights at any world size
     model = spec.model_cls(cfg.model.arch).to(ctx.device)
     sched = cfg.schedule
+    needs_labels = getattr(spec, "needs_labels", False)
+    train_labels = cluster_labels(cfg, cfg.data.train_manifest) if needs_labels else None
 
     def temperature(step: int) -> float:
         return gumbel_temperature(step, sched.gumbel_start, sched.gumbel_end, sched.gumbel_decay)
 
+    def run_model(m: nn.Module, mb: AudioBatch, seeds_B: torch.Tensor, step: int,
+                  layerdrop_seed: int | None) -> Any:
+        """The family's pretraining forward: Gumbel temperature (wav2vec 2.0) or cluster targets (HuBERT, WavLM)."""
+        wav_BT, lengths_B = mb.wav_BT.to(ctx.device, non_blocking=True), mb.lengths_B.to(ctx.device)
+        if needs_labels:
+            targets = mb.targets if mb.targets is not None else placeholder_targets(mb, cfg)
+            inputs = {"targets": targets.to(ctx.device)}
+        else:
+            inputs = {"gumbel_temperature": temperature(step)}
+        return m(wav_BT, lengths_B, seeds_B=seeds_B.to(ctx.device), layerdrop_seed=layerdrop_seed, **inputs)
+
     def forward(m: nn.Module, mb: AudioBatch, *, step: int) -> StepOutput:
-        wav_BT = mb.wav_BT.to(ctx.device, non_blocking=True)
-        lengths_B = mb.lengths_B.to(ctx.device)
-        seeds_B = utterance_seeds(cfg.run.seed, step, mb.indices_B).to(ctx.device)
-        out = m(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=temperature(step),
-                layerdrop_seed=cfg.run.seed * _SEED_STRIDE + step)
+        out = run_model(m, mb, utterance_seeds(cfg.run.seed, step, mb.indices_B), step,
+                        cfg.run.seed * _SEED_STRIDE + step)
         logs = out.loss.logs()
-        logs["real_s"] = lengths_B.sum().to(torch.float32) / cfg.audio.sample_rate_hz
+        logs["real_s"] = mb.lengths_B.sum().to(torch.float32) / cfg.audio.sample_rate_hz
         return StepOutput(loss_sum=out.loss.loss_sum, num_targets=out.loss.num_targets.to(torch.float32),
                           logs={k: v.to(torch.float32) for k, v in logs.items() if k != "num_targets"})
 
     valid_path = cfg.data.valid_manifest
     valid = read_manifest(valid_path) if valid_path else None
+    valid_labels = cluster_labels(cfg, valid_path) if needs_labels and valid is not None else None
 
     def validate(m: nn.Module, step: int) -> dict[str, float]:
         assert valid is not None
         m.eval()
-        totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+        sums: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for mb in eval_micro_batches(valid, cfg.batch, cfg.audio, rank=ctx.rank, world_size=ctx.world_size):
-                if mb.is_empty:
-                    continue
+            for mb in eval_micro_batches(valid, cfg.batch, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
+                                         targets=_hook(valid_labels, cfg)):
                 # Fixed seeds: every validation pass masks the same frames, so curves compare.
-                seeds_B = utterance_seeds(cfg.run.seed, 0, mb.indices_B).to(ctx.device)
-                out = m(mb.wav_BT.to(ctx.device), mb.lengths_B.to(ctx.device), seeds_B=seeds_B,
-                        gumbel_temperature=temperature(step))
-                totals += torch.stack([out.loss.loss_sum, out.loss.contrastive_sum,
-                                       out.loss.num_correct, out.loss.num_targets]).to(torch.float64)
+                out = run_model(m, mb, utterance_seeds(cfg.run.seed, 0, mb.indices_B), step, None)
+                scale = 0.0 if mb.is_empty else 1.0
+                for key, value in {"loss_sum": out.loss.loss_sum, **out.loss.logs()}.items():
+                    sums[key] = sums.get(key, 0.0) + scale * value.detach().to(torch.float64)
         m.train()
-        ctx.all_reduce_sum(totals)
-        loss_sum, contrastive_sum, correct, targets = totals.tolist()
-        targets = max(targets, 1.0)
-        return {"loss": loss_sum / targets, "contrastive": contrastive_sum / targets, "accuracy": correct / targets}
+        keys = sorted(sums)
+        packed = torch.stack([torch.as_tensor(sums[k], device=ctx.device) for k in keys])
+        ctx.all_reduce_sum(packed)
+        totals = dict(zip(keys, packed.tolist()))
+        num_targets = max(totals.pop("num_targets"), 1.0)
+        return {"loss": totals.pop("loss_sum") / num_targets, **metrics_from_sums(totals, num_targets)}
 
     def metrics(report: StepReport) -> dict[str, float]:
-        means, sums = report.log_means, report.log_sums
-        return {
-            "loss": report.loss,
-            "contrastive": means.get("contrastive_sum", float("nan")),
-            "accuracy": means.get("num_correct", float("nan")),
-            "diversity": means.get("diversity_sum", float("nan")),
-            "perplexity": means.get("perplexity_sum", float("nan")),
-            "code_perplexity": means.get("code_perplexity_sum", float("nan")),
-            "feature_penalty": means.get("penalty_sum", float("nan")),
-            "num_masked_frames": report.num_targets,
-            "grad_norm": report.grad_norm,
-            "computed_real_s": sums.get("real_s", float("nan")),
-        }
+        return {"loss": report.loss, **metrics_from_sums(report.log_sums, report.num_targets),
+                "num_masked_frames": report.num_targets, "grad_norm": report.grad_norm,
+                "computed_real_s": report.log_sums.get("real_s", float("nan"))}
 
     return Task(model=model, forward=forward, metrics=metrics,
-                step_logs=lambda step: {"gumbel_temperature": temperature(step)},
+                step_logs=(lambda step: {}) if needs_labels else (lambda step: {"gumbel_temperature": temperature(step)}),
                 validate=validate if valid is not None else None,
+                targets=_hook(train_labels, cfg),
                 find_unused_parameters=cfg.model.arch.layerdrop > 0)
+
+
+# Log sums whose metric name is not "the sum's name without _sum".
+_RENAMED = {"num_correct": "accuracy", "penalty_sum": "feature_penalty"}
+_RATIOS = {"accuracy_unmasked": ("num_correct_unmasked", "num_unmasked")}
+
+
+def metrics_from_sums(sums: dict[str, float], num_targets: float) -> dict[str, float]:
+    """Per-target means of a model's log sums: ``contrastive_sum`` -> ``contrastive``, ``num_correct`` -> ``accuracy``.
+
+    Every pretraining family logs sums over its targets (masked frames); this is
+    the one place that turns them into the metrics that are logged and plotted.
+    """
+    denominator = num_targets if num_targets > 0 else float("nan")
+    out = {}
+    ratio_parts = {part for parts in _RATIOS.values() for part in parts}
+    for key, value in sums.items():
+        if key in ratio_parts or key == "real_s":
+            continue
+        if key in _RENAMED:
+            out[_RENAMED[key]] = value / denominator
+        elif key.endswith("_sum"):
+            out[key.removesuffix("_sum")] = value / denominator
+    for name, (numerator, count) in _RATIOS.items():
+        if numerator in sums and count in sums:
+            out[name] = sums[numerator] / sums[count] if sums[count] > 0 else float("nan")
+    return out
+
+
+def cluster_labels(cfg: Any, manifest_path: str) -> Any:
+    """The cluster labels of a manifest, checked against the model's label rate and K."""
+    from speechbs.targets.labels import read_cluster_labels
+
+    if not cfg.data.labels:
+        raise ConfigError(f"model {cfg.model.name} predicts cluster labels: set data.labels to their file "
+                          f"extension (e.g. data.labels=km; make them with `speechbs targets`)")
+    labels = read_cluster_labels(read_manifest(manifest_path), manifest_path, cfg.data.labels, cfg.data.label_dir)
+    arch = cfg.model.arch
+    if labels.num_clusters != arch.num_clusters or abs(labels.label_rate_hz - arch.label_rate_hz) > 1e-6:
+        raise ConfigError(f"the labels of {manifest_path} have K={labels.num_clusters} at "
+                          f"{labels.label_rate_hz:g} Hz but the model expects model.num_clusters="
+                          f"{arch.num_clusters} at model.label_rate_hz={arch.label_rate_hz:g}; set those two "
+                          f"model fields to match the labels")
+    return labels
+
+
+def placeholder_targets(mb: AudioBatch, cfg: Any) -> Any:
+    """Valid (id 0) labels for a placeholder micro-batch: its loss is multiplied by 0, but the graph is whole."""
+    from speechbs.targets.labels import ClusterTargets
+
+    arch = cfg.model.arch
+    num_labels = int(mb.lengths_B.max()) * arch.label_rate_hz / cfg.audio.sample_rate_hz
+    num_labels = max(int(num_labels), 1)
+    return ClusterTargets(torch.zeros(len(mb.lengths_B), num_labels, dtype=torch.int64),
+                          torch.full((len(mb.lengths_B),), num_labels, dtype=torch.int64),
+                          arch.label_rate_hz, arch.num_clusters)
+
+
+def _hook(labels: Any, cfg: Any) -> Any:
+    return None if labels is None else functools.partial(type(labels).batch, labels,
+                                                         sample_rate_hz=cfg.audio.sample_rate_hz)

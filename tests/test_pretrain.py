@@ -162,7 +162,8 @@ def test_pretrain_runs_end_to_end_on_the_builtin_corpus(tmp_path):
     manifests = summary.manifests
     sets = [f"data.train_manifest={manifests['train']}", f"data.valid_manifest={manifests['valid']}",
             f"run.output_dir={tmp_path}", "run.name=learn", "train.num_steps=30", "batch.seconds=20",
-            "batch.max_device_seconds=20", "train.valid_every=15", "schedule.warmup_steps=8", "data.num_workers=0"]
+            "batch.max_device_seconds=5", "train.valid_every=15", "schedule.warmup_steps=8", "data.num_workers=0",
+            "train.grad_noise_every=10"]
     _run([arg for s in sets for arg in ("--set", s)])
     run_dir = tmp_path / "learn"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -175,4 +176,8 @@ def test_pretrain_runs_end_to_end_on_the_builtin_corpus(tmp_path):
     assert train[-1]["hours_seen"] == pytest.approx(hours, rel=1e-9)
     assert all(0.5 < r["packing"] <= 1.0 for r in train)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # The gradient noise is measured every 10 steps from the step's own micro-batches, in seconds of audio.
+    noisy = [r for r in train if "grad_tr_sigma_s" in r]
+    assert [r["step"] for r in noisy] == [10, 20, 30]
+    assert all(r["grad_noise_micro_batches"] >= 4 and r["grad_tr_sigma_s"] > 0 and r["grad_std"] > 0 for r in noisy)
     assert (run_dir / "config.toml").is_file() and (run_dir / "env.json").is_file()

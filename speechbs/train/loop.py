@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -28,6 +28,7 @@ from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext
 from speechbs.rundir import prepare_run_dir
+from speechbs.train.grad_noise import GradNoiseProbe, NoiseScaleTracker
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.schedule import lr_scale, peak_lr
@@ -68,6 +69,8 @@ class TrainState:
     hours_seen: float = 0.0
     """Real audio consumed, h (cropped-away audio does not count)."""
     num_skipped: int = 0
+    noise: NoiseScaleTracker = field(default_factory=NoiseScaleTracker)
+    """Moving averages behind the logged gradient noise scale."""
 
 
 def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
@@ -115,10 +118,12 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         # Dropout and other global-RNG draws come from (seed, step, rank): a resume at step k
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
         ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
+        every = cfg.train.grad_noise_every
+        probe = GradNoiseProbe(task.model) if every and (state.step + 1) % every == 0 else None
         report = train_step(model, optimizer, data.micro_batches,
                             lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
                             clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                            stop_requested=stop.requested)
+                            grad_noise=probe, stop_requested=stop.requested)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
@@ -128,11 +133,14 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
 
         now = time.monotonic()
         seconds_per_step, tick = now - tick, now
+        noise_logs = {}
+        if report.grad_noise is not None and report.num_targets > 0:
+            noise_logs = state.noise.update(report.grad_noise, data.stats.real_s / report.num_targets)
         log.log_step(state.step, {
             **task.metrics(report), "lr": lr, **task.step_logs(state.step), **_batch_logs(data),
             "hours_seen": state.hours_seen, "num_skipped": state.num_skipped,
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
-            "step_s": seconds_per_step, **_memory(ctx)})
+            "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             scores = task.validate(task.model, state.step)
@@ -206,6 +214,7 @@ def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, pl
         "step": state.step,
         "hours_seen": state.hours_seen,
         "num_skipped": state.num_skipped,
+        "grad_noise": state.noise.state_dict(),
         "config_toml": dump_toml(cfg),
     }
 
@@ -214,8 +223,11 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     planner.load_state_dict(ckpt["planner"])
-    return TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
-                      num_skipped=int(ckpt["num_skipped"]))
+    state = TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
+                       num_skipped=int(ckpt["num_skipped"]))
+    if "grad_noise" in ckpt:
+        state.noise.load_state_dict(ckpt["grad_noise"])
+    return state
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -29,6 +29,7 @@ class MetricsLogger:
         self._tb = None
         self._start_time = time.monotonic()
         self._start_step: int | None = None
+        self._bar_open = False  # a progress bar is drawn and the cursor sits at its end
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -52,15 +53,17 @@ class MetricsLogger:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
-        if kind != "train" or step % self.log_every == 0 or step == self.total_steps:
+        # On a terminal the progress bar redraws every step; logs get a line every log_every steps.
+        if kind != "train" or self.interactive or step % self.log_every == 0 or step == self.total_steps:
             self._console(step, values, kind)
 
     def message(self, text: str) -> None:
         """A line for the console and log.txt (rank 0 only)."""
         if not self.enabled:
             return
-        if self.interactive:
+        if self._bar_open:
             self.stream.write("\r\033[K")
+            self._bar_open = False
         print(text, file=self.stream, flush=True)
         self._log.write(text + "\n")
         self._log.flush()
@@ -74,16 +77,18 @@ class MetricsLogger:
         done = step - (self._start_step or 0)
         eta = elapsed / max(done, 1) * (self.total_steps - step)
         line = f"step {step}/{self.total_steps} | {shown} | eta {_duration(eta)}"
-        self._log.write(line + "\n")
-        self._log.flush()
+        if step % self.log_every == 0 or step == self.total_steps:
+            self._log.write(line + "\n")
+            self._log.flush()
         if self.interactive:
-            self.stream.write("\r\033[K" + line)
+            self.stream.write("\r\033[K" + _bar(step, self.total_steps) + " " + line)
             self.stream.flush()
-        else:
+            self._bar_open = True
+        elif step % self.log_every == 0 or step == self.total_steps:
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.interactive and self.enabled:
+        if self._bar_open:
             self.stream.write("\n")
         for handle in (self._jsonl, self._log):
             if handle is not None:
@@ -94,7 +99,7 @@ class MetricsLogger:
 
 # The keys worth a glance on the console; everything goes to metrics.jsonl and TensorBoard.
 CONSOLE_KEYS = ("loss", "accuracy", "wer", "lr", "grad_norm", "batch_s", "packing", "hours_seen",
-                "audio_s_per_s", "noise_scale_s")
+                "audio_s_per_s", "grad_noise_scale_s")
 
 
 def _plain(value: Any) -> Any:
@@ -109,6 +114,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _bar(step: int, total: int, width: int = 20) -> str:
+    """``[#######.............]  35%``"""
+    fraction = min(max(step / max(total, 1), 0.0), 1.0)
+    filled = int(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}"
 
 
 def _duration(seconds: float) -> str:

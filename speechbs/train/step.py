@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from speechbs.dist import DistContext
+from speechbs.train.grad_noise import GradNoiseProbe, GradNoiseStats
 from speechbs.errors import SpeechbsError
 
 
@@ -45,14 +46,6 @@ class StepOutput:
 
 
 ForwardFn = Callable[[nn.Module, Any], StepOutput]
-GradHook = Callable[[nn.Module, int, bool], None]
-"""``hook(model, micro_index, synced)`` after each micro-batch's backward.
-
-``param.grad`` then holds this rank's SUM of loss-sum gradients over micro-batches
-``0..micro_index`` (not yet normalized), so the difference between two calls is
-one micro-batch's gradient. On the last micro-batch ``synced`` is True: DDP has
-averaged the accumulated gradients over ranks during that backward.
-"""
 AutocastFactory = Callable[[], ContextManager[Any]]
 
 
@@ -80,6 +73,8 @@ class StepReport:
     """``loss`` or ``grad`` when ``skipped_nonfinite``; empty otherwise."""
     stop_requested: bool = False
     """Some rank passed ``stop_requested=True`` (e.g. it got SIGUSR1): all ranks stop after this step."""
+    grad_noise: GradNoiseStats | None = None
+    """The gradient-noise estimate, on steps that measured it (``train_step(..., grad_noise=probe)``)."""
 
     @property
     def updated(self) -> bool:
@@ -125,7 +120,7 @@ class NonFiniteGuard:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[Any],
                forward: ForwardFn, ctx: DistContext, *, clip_norm: float | None = None,
                autocast: AutocastFactory | None = None, grad_scaler: torch.amp.GradScaler | None = None,
-               grad_hook: GradHook | None = None, stop_requested: bool = False) -> StepReport:
+               grad_noise: GradNoiseProbe | None = None, stop_requested: bool = False) -> StepReport:
     """Accumulate gradients over ``micro_batches``, normalize by the global target count, clip, step.
 
     ``model`` is DDP-wrapped when ``ctx.world_size > 1`` (:meth:`DistContext.wrap_model`).
@@ -136,21 +131,28 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     around each forward. The learning rate is set by the caller before this call.
     ``stop_requested`` rides along in the step's all-reduce, so a preemption signal
     that reached the ranks at different moments still stops them all after the same step.
+    With ``grad_noise`` the step also measures gradient noise (``speechbs.train.grad_noise``):
+    every micro-batch then runs without DDP's sync and the gradients are all-reduced once at
+    the end, so each micro-batch's own gradient is visible; the update is the same.
     """
     if ctx.world_size > 1 and not isinstance(model, DistributedDataParallel):
         raise RuntimeError("train_step with world_size > 1 needs the DDP-wrapped model (ctx.wrap_model)")
     assert len(micro_batches) > 0, "the batch plan gives every rank at least one micro-batch"
     optimizer.zero_grad(set_to_none=True)
-    packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_hook)
+    packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
     packed_K[3] = float(stop_requested)
     ctx.all_reduce_sum(packed_K)
     num_targets, num_nonfinite, loss_sum, num_stop, *log_values = packed_K.tolist()  # the one host sync so far
+    noise_stats = None
+    if grad_noise is not None and num_nonfinite == 0:
+        summed = [_grad_or_zeros(p) * ctx.world_size for p in grad_noise.params]  # DDP-style mean -> sum
+        noise_stats = grad_noise.finish(summed, num_targets, _scale(grad_scaler))
     log_sums = dict(zip(keys, log_values))
     denominator = num_targets if num_targets > 0 else math.nan
     report = functools.partial(
         StepReport, loss=loss_sum / denominator, num_targets=num_targets, log_sums=log_sums,
         log_means={key: value / denominator for key, value in log_sums.items()},
-        num_micro_batches=len(micro_batches), stop_requested=num_stop > 0)
+        num_micro_batches=len(micro_batches), stop_requested=num_stop > 0, grad_noise=noise_stats)
     if num_nonfinite > 0 or num_targets == 0:
         optimizer.zero_grad(set_to_none=True)  # leave no NaN gradients behind for a reader
         return report(grad_norm=math.nan, skipped_nonfinite=num_nonfinite > 0, skipped_empty=num_nonfinite == 0,
@@ -171,7 +173,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
 
 def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: ForwardFn, ctx: DistContext,
                 autocast: AutocastFactory | None, grad_scaler: torch.amp.GradScaler | None,
-                grad_hook: GradHook | None) -> tuple[torch.Tensor, list[str]]:
+                grad_noise: GradNoiseProbe | None) -> tuple[torch.Tensor, list[str]]:
     """Forward and backward every micro-batch; return [num_targets, num_nonfinite, loss_sum, 0, logs...].
 
     Sums stay on the device as tensors: no host sync inside the loop (DESIGN.md 7).
@@ -180,8 +182,9 @@ def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: Forward
     log_sums: dict[str, torch.Tensor] = {}
     last = len(micro_batches) - 1
     for index, micro_batch in enumerate(micro_batches):
-        # Gradients are all-reduced only in the last backward (nanoGPT's no_sync trick).
-        with ctx.no_sync(model, enabled=index < last):
+        # Gradients are all-reduced only in the last backward (nanoGPT's no_sync trick);
+        # a noise-measuring step keeps every backward local and all-reduces once below.
+        with ctx.no_sync(model, enabled=index < last or grad_noise is not None):
             with autocast() if autocast is not None else contextlib.nullcontext():
                 out = forward(model, micro_batch)
             if getattr(micro_batch, "is_empty", False):
@@ -199,10 +202,35 @@ def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: Forward
         for key, value in out.logs.items():
             value = value.detach().to(device=ctx.device, dtype=torch.float64)
             log_sums[key] = log_sums[key] + value if key in log_sums else value
-        if grad_hook is not None:
-            grad_hook(model, index, index == last)
+        if grad_noise is not None:
+            grad_noise.after_backward(parts[0], _scale(grad_scaler))
+    if grad_noise is not None:
+        _all_reduce_mean_grads(grad_noise.params, ctx)
+        grad_noise.reduce(ctx.all_reduce_sum)
     keys = sorted(log_sums)
     return torch.cat([totals, torch.stack([log_sums[key] for key in keys]) if keys else totals[:0]]), keys
+
+
+def _scale(grad_scaler: torch.amp.GradScaler | None) -> float:
+    return float(grad_scaler.get_scale()) if grad_scaler is not None else 1.0
+
+
+def _grad_or_zeros(p: torch.Tensor) -> torch.Tensor:
+    return p.grad if p.grad is not None else torch.zeros_like(p)
+
+
+def _all_reduce_mean_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
+    """What DDP's synced backward does (mean over ranks), done by hand after unsynced backwards."""
+    if ctx.world_size == 1:
+        return
+    grads = [_grad_or_zeros(p) for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    ctx.all_reduce_sum(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
 
 
 def _times_zero(out: StepOutput) -> StepOutput:

@@ -24,12 +24,14 @@ if __name__ == "__main__":  # started as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from speechbs.dist import DistContext, init_distributed, shutdown, unwrap  # noqa: E402
+from speechbs.train.grad_noise import GradNoiseProbe  # noqa: E402
 from speechbs.train.step import StepOutput, train_step  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
 WINDOW_SAMPLES = 400  # 25 ms
 HOP_SAMPLES = 160  # 10 ms
 NUM_STEPS = 5
+NOISE_STEP = 2  # this step measures gradient noise (unsynced backwards + one explicit all-reduce)
 UTTERANCES_PER_STEP = 10
 LEARNING_RATE = 1e-2
 
@@ -153,7 +155,9 @@ def train_layout(utts: list[torch.Tensor], ctx: DistContext, num_micro: int, num
     result: dict = {"reports": []}
     for step in range(num_steps):
         micro_batches = rank_micro_batches(utts, step, ctx.world_size, num_micro, ctx.rank)
-        result["reports"].append(dataclasses.asdict(train_step(model, optimizer, micro_batches, forward, ctx)))
+        probe = GradNoiseProbe(unwrap(model)) if step == NOISE_STEP else None
+        result["reports"].append(dataclasses.asdict(train_step(model, optimizer, micro_batches, forward, ctx,
+                                                               grad_noise=probe)))
         if step == 0:
             result["grads"] = grads_of(model)
     result["params"] = params_of(model)

@@ -23,7 +23,7 @@ from speechbs.dist import DistContext, LaunchEnv, _pick_device, init_distributed
 from speechbs.errors import SpeechbsError
 from speechbs.train.step import train_step
 
-from .dist_worker import frame_forward, load_utterances, make_model, params_of, rank_micro_batches, train_layout
+from .dist_worker import NOISE_STEP, frame_forward, load_utterances, make_model, params_of, rank_micro_batches, train_layout
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -186,6 +186,11 @@ def test_gradients_and_parameters_are_world_size_invariant(runs):
                 assert got["loss"] == pytest.approx(want["loss"], rel=TOLERANCE), where
                 assert got["num_targets"] == want["num_targets"], where
                 assert got["log_sums"]["real_s"] == pytest.approx(want["log_sums"]["real_s"], rel=TOLERANCE)
+            # The same 4 micro-batches in every layout, so the same gradient-noise estimate.
+            noise, want_noise = result["reports"][NOISE_STEP]["grad_noise"], reference[4]["reports"][NOISE_STEP]["grad_noise"]
+            assert noise["num_micro_batches"] == 4, where
+            for key in ("tr_sigma", "grad_sq", "grad_std"):
+                assert noise[key] == pytest.approx(want_noise[key], rel=1e-6), (where, key)
     # The parameters moved: equality is not the trivial one of an untrained model.
     assert relative_error(one_big["params"], params_of(make_model())) > 1e-3
 
