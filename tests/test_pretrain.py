@@ -162,7 +162,7 @@ def test_pretrain_runs_end_to_end_on_the_builtin_corpus(tmp_path):
     manifests = summary.manifests
     sets = [f"data.train_manifest={manifests['train']}", f"data.valid_manifest={manifests['valid']}",
             f"run.output_dir={tmp_path}", "run.name=learn", "train.num_steps=30", "batch.seconds=20",
-            "batch.max_device_seconds=5", "train.valid_every=15", "schedule.warmup_steps=8", "data.num_workers=0",
+            "batch.max_device_seconds=5", "batch.crop=max", "batch.crop_max_seconds=5", "train.valid_every=15", "schedule.warmup_steps=8", "data.num_workers=0",
             "train.grad_noise_every=10"]
     _run([arg for s in sets for arg in ("--set", s)])
     run_dir = tmp_path / "learn"
