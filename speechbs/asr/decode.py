@@ -69,7 +69,7 @@ class BeamDecoder:
             raise DataError(f"lexicon {lexicon} does not exist (lines 'WORD<TAB>W O R D |')")
         words = load_words(lexicon)
         self.word_dict = create_word_dict(words)
-        kenlm = fl.KenLM(lm, self.word_dict)
+        kenlm = _kenlm_class(fl)(lm, self.word_dict)
         trie = fl.Trie(len(vocab), self.silence)
         start = kenlm.start(False)
         for word, spellings in words.items():
@@ -92,6 +92,14 @@ class BeamDecoder:
             return " ".join(self.word_dict.get_entry(i) for i in best.words if i >= 0)
         tokens = torch.unique_consecutive(torch.tensor(list(best.tokens), dtype=torch.int64))
         return self.vocab.to_words(int(i) for i in tokens.tolist() if i != BLANK)
+
+
+def _kenlm_class(fl):
+    try:  # flashlight-text >= 0.0.7 moved KenLM into its own module
+        from flashlight.lib.text.decoder.kenlm import KenLM
+    except ImportError:
+        return fl.KenLM
+    return KenLM
 
 
 def transcribe(model: CTCModel, cfg, manifest_path: str | Path, beam: BeamDecoder | None = None,
