@@ -132,3 +132,10 @@ def test_init_from_local_hugging_face_directory(tmp_path):
     cfg, state = prepare_finetune(load_config(RECIPE, [f"finetune.init={tmp_path / 'hf'}"]))
     assert cfg.model.arch.embed_dim == 32 and cfg.model.arch.num_layers == 1
     assert torch.equal(state["post_extract_proj.weight"], hf.feature_projection.projection.weight)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "finetune").glob("*.toml")), ids=lambda p: p.stem)
+def test_finetune_recipes_load(recipe):
+    cfg = load_config(recipe)
+    assert cfg.batch.crop == "none" and cfg.schedule.kind == "tri_stage" and cfg.data.labels == "ltr"
+    assert cfg.schedule.warmup_steps + cfg.schedule.hold_steps < cfg.train.num_steps
