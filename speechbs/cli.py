@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("speechbs.data.manifest_cmd", "build fairseq-style manifests and label files"),
     "validate": ("speechbs.data.validate", "check a manifest's audio and transcripts"),
     "pretrain": ("speechbs.pretrain", "self-supervised pretraining (alone or under torchrun)"),
+    "finetune": ("speechbs.finetune", "CTC fine-tuning of a pretrained encoder on transcripts"),
+    "decode": ("speechbs.asr.decode", "transcribe a manifest with a fine-tuned model (greedy or LM beam search)"),
+    "score": ("speechbs.asr.score", "WER and CER of hypotheses against references"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
 }
 

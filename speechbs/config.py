@@ -276,6 +276,67 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class FinetuneConfig:
+    """CTC fine-tuning of a pretrained encoder on letters (fairseq ``wav2vec_ctc``; defaults: ``base_10h.yaml``).
+
+    The encoder's architecture comes from ``init``; the dropout and masking
+    settings here replace the pretraining ones (fairseq's fine-tuning overrides).
+    """
+
+    init: str = ""
+    """Pretrained encoder: a speechbs checkpoint file or run directory, or a local Hugging Face model
+    directory (``config.json`` + weights; never downloaded). Empty: random initialization from ``[model]``."""
+
+    vocab: str = ""
+    """fairseq letter dictionary (``dict.ltr.txt``: ``SYMBOL COUNT`` lines); empty: built from the training labels."""
+
+    freeze_steps: int = 10_000
+    """Optimizer steps during which only the output layer trains (fairseq ``freeze_finetune_updates``), count."""
+
+    final_dropout: float = 0.0
+    """Dropout on the encoder output before the letter classifier, probability (fairseq ``final_dropout``)."""
+
+    mask_prob: float = 0.65
+    """Time masking during fine-tuning, expected fraction before overlap (fairseq units), probability."""
+
+    mask_length: int = 10
+    """Time-mask span, frames."""
+
+    mask_channel_prob: float = 0.5
+    """Channel masking during fine-tuning (fairseq units; 0.25 for 10 min/1 h, 0.5 for 10 h/100 h), probability."""
+
+    mask_channel_length: int = 64
+    """Channel-mask span, channels."""
+
+    layerdrop: float = 0.05
+    """Probability of skipping each transformer layer during fine-tuning (10 h: 0.05; 10 min, 1 h, 100 h: 0.1)."""
+
+    dropout: float = 0.0
+    """Transformer residual dropout during fine-tuning, probability (fairseq ``wav2vec_ctc``: 0)."""
+
+    attention_dropout: float = 0.0
+    """Attention-weight dropout during fine-tuning, probability."""
+
+    activation_dropout: float = 0.1
+    """Dropout after the feed-forward activation during fine-tuning, probability."""
+
+    dropout_input: float = 0.0
+    """Dropout after the feature projection during fine-tuning, probability."""
+
+    normalize: Literal["utterances", "characters"] = "utterances"
+    """What the summed CTC loss is divided by: utterances (fairseq ``sentence_avg``, its fine-tuning
+    default) or target characters."""
+
+    def __post_init__(self) -> None:
+        _require(self.freeze_steps >= 0, "finetune.freeze_steps", "must be >= 0")
+        for key in ("final_dropout", "mask_prob", "mask_channel_prob", "layerdrop", "dropout",
+                    "attention_dropout", "activation_dropout", "dropout_input"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"finetune.{key}", "must be a probability in [0, 1)")
+        _require(self.mask_length >= 1 and self.mask_channel_length >= 1, "finetune.mask_length",
+                 "mask spans must be >= 1")
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole run. Sections are TOML tables of the same name."""
 
@@ -302,6 +363,9 @@ class Config:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     """Length of training, logging, validation and checkpoint cadence."""
+
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """CTC fine-tuning (``speechbs finetune``); unused by pretraining."""
 
 
 # Keys a recipe may use in place of the canonical one: alias -> (canonical key, factor).

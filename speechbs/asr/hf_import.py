@@ -1,0 +1,53 @@
+"""Encoders from a LOCAL Hugging Face model directory (no download), through speechbs converters.
+
+``model_type`` in ``config.json`` picks the converter in
+:mod:`speechbs.models.convert`: ``from_hf_wav2vec2`` and, where they exist,
+``from_hf_hubert`` / ``from_hf_wavlm`` (looked up by name, so a family
+works here as soon as its converter lands). Each returns (speechbs arch
+config, state dict for the registry's model class).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speechbs.errors import ConfigError
+
+# HF model_type -> (speechbs registry name, converter function name in speechbs.models.convert)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "wav2vec2": ("wav2vec2", "from_hf_wav2vec2"),
+    "hubert": ("hubert", "from_hf_hubert"),
+    "wavlm": ("wavlm", "from_hf_wavlm"),
+}
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """A directory with a ``config.json`` (and no speechbs ``checkpoints/``)."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
+
+
+def load_hf_encoder(path: str | Path) -> tuple[str, Any, dict[str, torch.Tensor]]:
+    """(registry model name, arch config, speechbs state dict) of a local HF encoder directory."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(f"finetune.init={path} is a Hugging Face directory; reading it needs "
+                          f"transformers (pip install 'speechbs[hf]')") from None
+    from speechbs.models import convert
+    from speechbs.models.registry import MODELS
+
+    hf_config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    model_type = getattr(hf_config, "model_type", "")
+    family = FAMILIES.get(model_type)
+    converter = getattr(convert, family[1], None) if family else None
+    if family is None or converter is None or family[0] not in MODELS:
+        known = [t for t, (name, fn) in FAMILIES.items() if name in MODELS and hasattr(convert, fn)]
+        raise ConfigError(f"finetune.init={path}: Hugging Face model_type {model_type!r} has no speechbs "
+                          f"converter; supported here: {', '.join(known)}")
+    hf_model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+    arch, state = converter(hf_model, hf_config)
+    return family[0], arch, state
