@@ -57,7 +57,8 @@ def mix_utterances(wav_BT: torch.Tensor, lengths_B: torch.Tensor, seeds_B: torch
     pos_BT = torch.arange(T, device=device).view(1, -1)
     valid_BT = pos_BT < lengths_B.view(-1, 1)
     stats_dtype = torch.promote_types(wav_BT.dtype, torch.float32)
-    energy_B = (wav_BT.to(stats_dtype).pow(2) * valid_BT).sum(dim=1) / lengths_B.clamp(min=1)
+    sq_BT = wav_BT.to(stats_dtype).pow(2)
+    energy_B = torch.where(valid_BT, sq_BT, torch.zeros_like(sq_BT)).sum(dim=1) / lengths_B.clamp(min=1)
     partner_energy_B = energy_B[partner_B]
     scale_B = torch.where(partner_energy_B > 0,
                           torch.sqrt(energy_B / (10.0 ** (ratio_db_B / 10.0) * partner_energy_B.clamp(min=1e-30))),
