@@ -141,7 +141,7 @@ class ModelConfig:
     overrides it, e.g. ``[model] name = "wav2vec2", size = "tiny", mask_prob = 0.5``.
     """
 
-    name: Literal["wav2vec2"] = "wav2vec2"
+    name: Literal["wav2vec2", "hubert", "wavlm"] = "wav2vec2"
     """Model family (``speechbs.models.registry``)."""
 
     size: Literal["tiny", "base", "large"] = "base"

@@ -87,3 +87,73 @@ def test_quantizer_and_contrastive_loss_match_in_eval(stable: bool) -> None:
     assert (q.codevectors_NE - hf_q_BTE[mask_BT]).abs().max() <= TOL
     assert torch.allclose(q.code_perplexity, hf_ppl, atol=TOL)
     assert torch.allclose(out.loss.contrastive_sum, hf_out.contrastive_loss, rtol=1e-5, atol=1e-3)
+
+
+# HuBERT and WavLM: transformers has encoders only (no pretraining heads), so encode() is compared.
+
+from speechbs.models.convert import from_hf_hubert, from_hf_wavlm  # noqa: E402
+from speechbs.models.hubert import HubertModel  # noqa: E402
+from speechbs.models.wavlm import WavLMModel  # noqa: E402
+
+
+def _hf_encoder_pair(kind: str, stable: bool):
+    """A small HF HubertModel / WavLMModel with perturbed norms and biases, and its speechbs conversion."""
+    torch.manual_seed(0)
+    common = dict(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7,
+        conv_bias=stable, feat_extract_norm="layer" if stable else "group", do_stable_layer_norm=stable,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, hidden_dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0)
+    if kind == "hubert":
+        hf, convert, ours_cls = transformers.HubertModel(transformers.HubertConfig(**common)), from_hf_hubert, HubertModel
+    else:
+        # Few buckets and a short max distance, so 40-frame inputs reach the log-spaced and clipped buckets.
+        hf_cfg = transformers.WavLMConfig(num_buckets=32, max_bucket_distance=24, **common)
+        hf, convert, ours_cls = transformers.WavLMModel(hf_cfg), from_hf_wavlm, WavLMModel
+    hf.eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "layer_norm" in name or name.endswith("bias") or "gru_rel_pos" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            if "rel_attn_embed" in name:  # a bias of the size of the scores, not BERT-init small
+                p.normal_(0.0, 1.0)
+    cfg, state = convert(hf)
+    ours = ours_cls(cfg).eval()
+    missing = ours.load_state_dict(state, strict=False).missing_keys
+    assert sorted(missing) == ["final_proj.bias", "final_proj.weight", "label_embs"]
+    return hf, ours
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wavlm"])
+@pytest.mark.parametrize("stable", [False, True])
+def test_hubert_and_wavlm_encoders_match_with_padding(kind: str, stable: bool) -> None:
+    """A padded batch through encode() == each utterance alone through transformers (and batched, for layer norm).
+
+    transformers' group-norm feature encoder takes its statistics over padding too, so its
+    padded batch is not a reference; each row alone is.
+    """
+    hf, ours = _hf_encoder_pair(kind, stable)
+    lengths_B = torch.tensor([13_000, 7_000, 9_500])
+    valid_BT = torch.arange(13_000).view(1, -1) < lengths_B.view(-1, 1)
+    wav_BT = torch.randn(3, 13_000) * valid_BT
+    with torch.no_grad():
+        got = ours.encode(wav_BT, lengths_B)
+        for b, n in enumerate(lengths_B.tolist()):
+            want_TC = hf(wav_BT[b:b + 1, :n]).last_hidden_state[0]
+            assert int(got.frame_lengths_B[b]) == want_TC.shape[0]
+            assert (got.features_BTC[b, : want_TC.shape[0]] - want_TC).abs().max() <= TOL
+        if stable:
+            want_BTC = hf(wav_BT, attention_mask=valid_BT.long()).last_hidden_state
+            keep_BT = ~got.padding_BT
+            assert (got.features_BTC[keep_BT] - want_BTC[keep_BT]).abs().max() <= TOL
+
+
+def test_wavlm_buckets_match_transformers_at_full_size() -> None:
+    """320 buckets up to 800 frames over 1,000 frames (20 s): every offset maps to the same bucket."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    from speechbs.models.blocks.relpos import relative_position_buckets
+    hf_attn = WavLMAttention(64, 4, num_buckets=320, max_distance=800)
+    pos_T = torch.arange(1_000)
+    want_TT = hf_attn._relative_positions_bucket(pos_T.view(1, -1) - pos_T.view(-1, 1))
+    assert torch.equal(relative_position_buckets(1_000, 320, 800), want_TT)

@@ -8,16 +8,26 @@ residual add and apply one LayerNorm before the first layer; pre-norm layers
 LayerNorm after the last layer (fairseq ``TransformerEncoder``). Padded frames
 are zeroed before the positional conv and excluded as keys in attention, so
 valid frames never see padding.
+
+An encoder may carry an ``attention_bias`` module (WavLM's gated relative
+position bias, ``relpos.py``): it gives each layer a function from that
+layer's attention input to an additive bias (B, H, T, T), which goes to
+``scaled_dot_product_attention`` as a float ``attn_mask`` with padded keys at
+-inf. Without it the encoder is the plain wav2vec 2.0 / HuBERT one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+BiasFn = Callable[[torch.Tensor], torch.Tensor]
+"""Attention input (B, T, C) -> additive attention bias (B, H, T, T) of one layer."""
 
 
 @dataclass(kw_only=True)
@@ -70,12 +80,20 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x_BTC: torch.Tensor, keep_B11T: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x_BTC: torch.Tensor, keep_B11T: torch.Tensor | None,
+                bias_BHTT: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x_BTC.shape
         def heads(proj: nn.Linear) -> torch.Tensor:
             return proj(x_BTC).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        q_BHTD = heads(self.q_proj)
+        attn_mask = keep_B11T
+        if bias_BHTT is not None:
+            # A float mask is added to the scaled scores; padded keys get -inf like a boolean mask.
+            attn_mask = bias_BHTT.to(q_BHTD.dtype)
+            if keep_B11T is not None:
+                attn_mask = attn_mask.masked_fill(~keep_B11T, float("-inf"))
         y_BHTD = F.scaled_dot_product_attention(
-            heads(self.q_proj), heads(self.k_proj), heads(self.v_proj), attn_mask=keep_B11T,
+            q_BHTD, heads(self.k_proj), heads(self.v_proj), attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
 
@@ -97,11 +115,15 @@ class TransformerLayer(nn.Module):
     def _ffn(self, x_BTC: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x_BTC)))))
 
-    def forward(self, x_BTC: torch.Tensor, keep_B11T: torch.Tensor | None) -> torch.Tensor:
+    def _attn(self, h_BTC: torch.Tensor, keep_B11T: torch.Tensor | None, bias_fn: BiasFn | None) -> torch.Tensor:
+        return self.attn(h_BTC, keep_B11T, None if bias_fn is None else bias_fn(h_BTC))
+
+    def forward(self, x_BTC: torch.Tensor, keep_B11T: torch.Tensor | None,
+                bias_fn: BiasFn | None = None) -> torch.Tensor:
         if self.layer_norm_first:
-            x_BTC = x_BTC + self.dropout(self.attn(self.attn_norm(x_BTC), keep_B11T))
+            x_BTC = x_BTC + self.dropout(self._attn(self.attn_norm(x_BTC), keep_B11T, bias_fn))
             return x_BTC + self._ffn(self.ffn_norm(x_BTC))
-        x_BTC = self.attn_norm(x_BTC + self.dropout(self.attn(x_BTC, keep_B11T)))
+        x_BTC = self.attn_norm(x_BTC + self.dropout(self._attn(x_BTC, keep_B11T, bias_fn)))
         return self.ffn_norm(x_BTC + self._ffn(x_BTC))
 
 
@@ -118,9 +140,11 @@ class TransformerOutput:
 class TransformerEncoder(nn.Module):
     """Positional conv + L layers with DDP-consistent layer drop (Fan et al. 2019)."""
 
-    def __init__(self, shape: TransformerShape) -> None:
+    def __init__(self, shape: TransformerShape, attention_bias: nn.Module | None = None) -> None:
+        """``attention_bias``: optional module with ``layer_bias_fns(num_frames) -> list[BiasFn]`` (one per layer)."""
         super().__init__()
         self.shape = shape
+        self.attention_bias = attention_bias
         self.pos_conv = PositionalConv(shape.embed_dim, shape.pos_conv_kernel, shape.pos_conv_groups)
         self.layer_norm = nn.LayerNorm(shape.embed_dim, eps=shape.layer_norm_eps)
         self.dropout = nn.Dropout(shape.dropout)
@@ -154,9 +178,12 @@ class TransformerEncoder(nn.Module):
             x_BTC = self.layer_norm(x_BTC)
         x_BTC = self.dropout(x_BTC)
         layer_outputs: list[torch.Tensor] = []
-        for layer, drop in zip(self.layers, self.dropped_layers(layerdrop_seed)):
+        bias_fns: list[BiasFn | None] = [None] * len(self.layers)
+        if self.attention_bias is not None:
+            bias_fns = list(self.attention_bias.layer_bias_fns(x_BTC.shape[1]))
+        for layer, drop, bias_fn in zip(self.layers, self.dropped_layers(layerdrop_seed), bias_fns):
             if not drop:
-                x_BTC = layer(x_BTC, keep_B11T)
+                x_BTC = layer(x_BTC, keep_B11T, bias_fn)
             if return_layers:
                 layer_outputs.append(x_BTC)
         if self.shape.layer_norm_first:

@@ -1,0 +1,326 @@
+"""HuBERT (Hsu et al. 2021): masked prediction of cluster labels, on wav2vec 2.0's encoder.
+
+Legend: B utterances, T samples (wav) or frames, L label frames, C channels,
+N labelled frames scored, K clusters.
+
+The feature encoder, masking and transformer are wav2vec 2.0's blocks (the
+encode path is ``Wav2Vec2Model``'s, shared verbatim). The task (fairseq
+``hubert.py`` + ``hubert_criterion.py``): the transformer output of each frame
+is projected (``final_proj``) and scored against one learned embedding per
+cluster by cosine similarity / temperature; cross-entropy against the frame's
+cluster label, summed over masked frames (weight ``pred_masked_weight``) and
+unmasked frames (``pred_nomask_weight``, 0 for BASE), plus the feature L2
+penalty. fairseq writes the logits as [positive, all K] with the duplicate
+masked out; a softmax over the K clusters is the same thing.
+
+Label alignment (fairseq ``forward_targets``): with ``ratio`` label frames per
+model frame (1 for 50 Hz labels, 2 for 100 Hz), model frame t takes label
+``floor(t * ratio)`` and an utterance keeps ``min(frames, floor(labels / ratio))``
+frames; fairseq crops the whole batch to that, speechbs crops each row (the
+rest is padding), so a row is treated the same in any micro-batch.
+Random draws come from ``seeds_B`` exactly as in ``wav2vec2.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from speechbs.errors import ConfigError
+from speechbs.models.blocks import contrastive
+from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, ConvSpec
+from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
+from speechbs.models.encoder import EncoderOutput
+from speechbs.models.wav2vec2 import BASE_CONV, Wav2Vec2Model
+from speechbs.targets.labels import ClusterTargets
+
+
+@dataclass(kw_only=True)
+class HubertConfig:
+    """HuBERT architecture and loss. Defaults: BASE (fairseq ``hubert_base_librispeech.yaml``), iteration 1 labels."""
+
+    conv_layers: tuple[ConvSpec, ...] = BASE_CONV
+    """Feature encoder layers as (channels, kernel samples, stride samples); default hop 320 samples = 20 ms."""
+    conv_norm: Literal["group", "layer"] = "group"
+    """``group``: GroupNorm after the first conv only (BASE); ``layer``: LayerNorm after every conv (LARGE)."""
+    conv_bias: bool = False
+    """Bias in the conv layers."""
+    feature_grad_mult: float = 0.1
+    """Factor on gradients flowing into the feature encoder, 1 (forward unchanged)."""
+    sample_rate_hz: int = 16_000
+    """Input sample rate the conv strides are meant for, Hz (sets the model frame rate for label alignment)."""
+    embed_dim: int = 768
+    """Transformer width, channels."""
+    num_layers: int = 12
+    """Transformer layers, count."""
+    num_heads: int = 12
+    """Attention heads, count."""
+    ffn_dim: int = 3072
+    """Feed-forward inner width, channels."""
+    layer_norm_first: bool = False
+    """Pre-norm transformer (LARGE); False: post-norm (BASE)."""
+    pos_conv_kernel: int = 128
+    """Positional conv kernel, frames."""
+    pos_conv_groups: int = 16
+    """Positional conv groups, count."""
+    dropout: float = 0.1
+    """Dropout on transformer residual branches and after the positional embedding, probability."""
+    attention_dropout: float = 0.1
+    """Dropout on attention weights, probability."""
+    activation_dropout: float = 0.0
+    """Dropout after the feed-forward GELU, probability."""
+    dropout_input: float = 0.1
+    """Dropout after the feature projection, probability."""
+    layerdrop: float = 0.05
+    """Probability of skipping each transformer layer in training (one draw per optimizer step)."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon, dimensionless."""
+    final_dim: int = 256
+    """Space of projected outputs and cluster embeddings, channels."""
+    mask_prob: float = 0.8
+    """Span starts per frame times span length, before overlap, probability (HuBERT BASE: 0.8, i.e. p = 8%, l = 10)."""
+    mask_length: int = 10
+    """Time-mask span, frames."""
+    mask_min_spans: int = 2
+    """Fewest time-mask spans per utterance, count."""
+    mask_channel_prob: float = 0.0
+    """Channel-mask analogue of ``mask_prob``, probability (0 in pretraining)."""
+    mask_channel_length: int = 10
+    """Channel-mask span, channels."""
+    mask_channel_min_spans: int = 0
+    """Fewest channel-mask spans per utterance, count."""
+    label_rate_hz: float = 100.0
+    """Cluster label frames per second: 100 (iteration 1, MFCC k-means) or 50 (iteration 2, HuBERT features)."""
+    num_clusters: int = 100
+    """K, cluster ids in [0, K): 100 for iteration 1, 500 for iteration 2."""
+    logit_temperature: float = 0.1
+    """Temperature of the cosine-similarity logits, dimensionless."""
+    pred_masked_weight: float = 1.0
+    """Weight of the cross-entropy on masked frames, dimensionless."""
+    pred_nomask_weight: float = 0.0
+    """Weight of the cross-entropy on unmasked frames, dimensionless."""
+    feature_penalty_weight: float = 10.0
+    """Weight of the L2 penalty on feature encoder outputs, dimensionless."""
+
+    def __post_init__(self) -> None:
+        self.conv_layers = tuple(tuple(int(v) for v in spec) for spec in self.conv_layers)  # type: ignore[assignment]
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.label_rate_hz <= 0 or self.num_clusters < 2:
+            raise ValueError(f"model.label_rate_hz ({self.label_rate_hz}) must be > 0 and model.num_clusters "
+                             f"({self.num_clusters}) >= 2")
+
+    def frame_rate_hz(self) -> float:
+        """Model frames per second (50 for the BASE conv stack at 16 kHz)."""
+        hop_samples = 1
+        for _, _, stride in self.conv_layers:
+            hop_samples *= stride
+        return self.sample_rate_hz / hop_samples
+
+    def transformer_shape(self) -> TransformerShape:
+        return TransformerShape(
+            embed_dim=self.embed_dim, num_layers=self.num_layers, num_heads=self.num_heads,
+            ffn_dim=self.ffn_dim, layer_norm_first=self.layer_norm_first,
+            pos_conv_kernel=self.pos_conv_kernel, pos_conv_groups=self.pos_conv_groups,
+            dropout=self.dropout, attention_dropout=self.attention_dropout,
+            activation_dropout=self.activation_dropout, layerdrop=self.layerdrop,
+            layer_norm_eps=self.layer_norm_eps)
+
+
+LARGE_SETTINGS = dict(conv_norm="layer", conv_bias=True, feature_grad_mult=1.0, embed_dim=1024,
+                      num_layers=24, num_heads=16, ffn_dim=4096, layer_norm_first=True, dropout=0.0,
+                      attention_dropout=0.0, dropout_input=0.0, layerdrop=0.0, final_dim=768,
+                      label_rate_hz=50.0, num_clusters=500)
+"""LARGE (fairseq ``hubert_large_ll60k.yaml``): pre-norm, layer-norm convs, no dropout; labels from BASE it. 2."""
+
+TINY_SETTINGS = dict(conv_layers=tuple((64, k, s) for _, k, s in BASE_CONV), embed_dim=96, num_layers=2,
+                     num_heads=4, ffn_dim=192, pos_conv_kernel=16, pos_conv_groups=4, final_dim=64,
+                     layerdrop=0.0)
+"""CPU-test size: the BASE conv geometry (50 Hz frames) at 64 channels, 2 x 96-dim layers."""
+
+
+def base(**overrides) -> HubertConfig:
+    """BASE, LibriSpeech 960 h (95 M parameters)."""
+    return HubertConfig(**overrides)
+
+
+def large(**overrides) -> HubertConfig:
+    """LARGE, Libri-Light 60 k h (317 M parameters)."""
+    return HubertConfig(**{**LARGE_SETTINGS, **overrides})
+
+
+def tiny(**overrides) -> HubertConfig:
+    """CPU tests and demos."""
+    return HubertConfig(**{**TINY_SETTINGS, **overrides})
+
+
+@dataclass
+class HubertLoss:
+    """One micro-batch's loss as sums, for one global normalization (DESIGN section 2).
+
+    ``num_targets`` is fairseq's ``sample_size``: the scored masked frames (when
+    ``pred_masked_weight > 0``) plus the scored unmasked frames (when
+    ``pred_nomask_weight > 0``); with BASE weights, the masked frames with a label.
+    """
+
+    loss_sum: torch.Tensor
+    """masked_weight * masked_loss_sum + nomask_weight * unmasked_loss_sum + penalty_weight * penalty_sum."""
+    num_targets: torch.Tensor
+    """Frames the loss is normalized by (int64)."""
+    masked_loss_sum: torch.Tensor
+    """Cross-entropy summed over masked labelled frames, nats."""
+    unmasked_loss_sum: torch.Tensor
+    """Cross-entropy summed over unmasked labelled frames, nats (a log when its weight is 0)."""
+    num_correct: torch.Tensor
+    """Masked labelled frames whose label scored highest."""
+    num_correct_unmasked: torch.Tensor
+    """Unmasked labelled frames whose label scored highest."""
+    num_unmasked: torch.Tensor
+    """Unmasked labelled frames (int64)."""
+    num_masked: torch.Tensor
+    """Masked labelled frames (int64)."""
+    penalty_sum: torch.Tensor
+    """Sum over utterances of (mean squared encoder feature) x (its targets): a per-target sum."""
+
+    def logs(self) -> dict[str, torch.Tensor]:
+        """Detached sums for logging; divide by the summed ``num_targets`` (accuracy = num_correct / num_targets)."""
+        names = ("masked_loss_sum", "unmasked_loss_sum", "num_correct", "num_correct_unmasked",
+                 "num_unmasked", "penalty_sum", "num_targets")
+        return {name: getattr(self, name).detach() for name in names}
+
+
+@dataclass
+class HubertOutput:
+    """Pretraining forward: the loss terms, the encoder outputs and what was scored."""
+
+    loss: HubertLoss
+    encoder: EncoderOutput
+    """Frame lengths are those kept by the label alignment."""
+    mask_BT: torch.Tensor
+    """Time mask used (True = masked; never in padding)."""
+    labels_BT: torch.Tensor
+    """Cluster label of each model frame, -1 where there is none."""
+    logits_NK: torch.Tensor = field(repr=False)
+    """Masked labelled frames' logits over the K clusters, in (row, frame) order."""
+
+
+def align_labels(targets: ClusterTargets, frame_lengths_B: torch.Tensor, num_frames: int,
+                 frame_rate_hz: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels per model frame (B, T) with -1 where none, frame lengths cropped to the labels) as fairseq."""
+    ratio = targets.label_rate_hz / frame_rate_hz
+    labels_BL = targets.labels_BL.to(frame_lengths_B.device)
+    label_lengths_B = targets.lengths_B.to(frame_lengths_B.device)
+    kept_B = torch.minimum(frame_lengths_B, torch.floor(label_lengths_B.double() / ratio).long())
+    index_T = (torch.arange(num_frames, device=labels_BL.device).double() * ratio).long()
+    index_BT = index_T.view(1, -1).expand(labels_BL.shape[0], -1)
+    if labels_BL.shape[1] == 0:
+        labels_BT = torch.full_like(index_BT, -1)
+    else:
+        labels_BT = labels_BL.gather(1, index_BT.clamp(max=labels_BL.shape[1] - 1))
+    valid_BT = torch.arange(num_frames, device=labels_BL.device).view(1, -1) < kept_B.view(-1, 1)
+    return torch.where(valid_BT, labels_BT, torch.full_like(labels_BT, -1)), kept_B
+
+
+def cluster_logits(proj_NC: torch.Tensor, embs_KC: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cosine similarity of each projection with every cluster embedding / temperature, (N, K), in >= fp32."""
+    dtype = torch.promote_types(proj_NC.dtype, torch.float32)
+    # Normalize then multiply: F.cosine_similarity would build an (N, K, C) tensor.
+    return F.normalize(proj_NC.to(dtype), dim=-1, eps=1e-8) @ F.normalize(embs_KC.to(dtype), dim=-1, eps=1e-8).T / temperature
+
+
+class HubertModel(nn.Module):
+    """Feature encoder, masking, transformer and the masked-prediction heads."""
+
+    def __init__(self, cfg: HubertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        conv_dim = cfg.conv_layers[-1][0]
+        self.feature_encoder = ConvFeatureEncoder(cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
+        self.layer_norm = nn.LayerNorm(conv_dim, eps=cfg.layer_norm_eps)
+        self.post_extract_proj = nn.Linear(conv_dim, cfg.embed_dim)
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.mask_emb = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
+        self.encoder = self._make_encoder()
+        self.final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
+        self.label_embs = nn.Parameter(torch.empty(cfg.num_clusters, cfg.final_dim).uniform_())
+
+    def _make_encoder(self) -> TransformerEncoder:
+        return TransformerEncoder(self.cfg.transformer_shape())
+
+    # The encoder path is wav2vec 2.0's: the same modules under the same names.
+    _features = Wav2Vec2Model._features
+    _masks = Wav2Vec2Model._masks
+    _apply_masks = Wav2Vec2Model._apply_masks
+    _check_lengths = Wav2Vec2Model._check_lengths
+    _valid = staticmethod(Wav2Vec2Model._valid)
+    _context = Wav2Vec2Model._context
+    encode = Wav2Vec2Model.encode
+
+    def _check_targets(self, targets: ClusterTargets, batch_size: int) -> None:
+        cfg = self.cfg
+        if targets.label_rate_hz != cfg.label_rate_hz or targets.num_clusters != cfg.num_clusters:
+            raise ConfigError(
+                f"the cluster labels are {targets.num_clusters} clusters at {targets.label_rate_hz} Hz but the model "
+                f"expects model.num_clusters = {cfg.num_clusters} at model.label_rate_hz = {cfg.label_rate_hz}; "
+                f"set those two to match the label files' .km.json sidecar")
+        if targets.labels_BL.shape[0] != batch_size:
+            raise ValueError(f"targets have {targets.labels_BL.shape[0]} rows for a batch of {batch_size}")
+
+    def _prepare_input(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor,
+                       seeds_B: torch.Tensor) -> torch.Tensor:
+        """The waveform the encoder sees (WavLM mixes utterances here)."""
+        return wav_BT
+
+    def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
+                targets: ClusterTargets, layerdrop_seed: int | None = None, mask_BT: torch.Tensor | None = None,
+                return_layers: bool = False) -> HubertOutput:
+        """Pretraining forward: mask, contextualize, score every labelled frame against the K clusters.
+
+        ``seeds_B`` (int64, one per utterance) drives every random draw;
+        ``mask_BT`` overrides the time mask (intersected with the labelled frames).
+        """
+        self._check_lengths(wav_BT, lengths_B)
+        self._check_targets(targets, wav_BT.shape[0])
+        feats_BCT, frame_lengths_B = self._features(self._prepare_input(wav_BT, lengths_B, seeds_B), lengths_B)
+        num_frames = feats_BCT.shape[2]
+        labels_BT, frame_lengths_B = align_labels(targets, frame_lengths_B, num_frames, self.cfg.frame_rate_hz())
+        penalty_B = contrastive.feature_penalty_per_row(feats_BCT, frame_lengths_B)
+        x_BTC = self.dropout_input(self.post_extract_proj(self.layer_norm(feats_BCT.transpose(1, 2))))
+        drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
+        valid_BT = self._valid(frame_lengths_B, num_frames)
+        mask_BT = drawn_BT if mask_BT is None else mask_BT.to(torch.bool) & valid_BT
+        enc = self._context(self._apply_masks(x_BTC, mask_BT, channel_BC), frame_lengths_B,
+                            layerdrop_seed, return_layers)
+        labelled_BT = labels_BT >= 0
+        b_N, t_N = labelled_BT.nonzero(as_tuple=True)
+        logits_NK = cluster_logits(self.final_proj(enc.features_BTC[b_N, t_N]), self.label_embs,
+                                   self.cfg.logit_temperature)
+        loss = self._loss(logits_NK, labels_BT[b_N, t_N], mask_BT[b_N, t_N], b_N, penalty_B)
+        return HubertOutput(loss=loss, encoder=enc, mask_BT=mask_BT, labels_BT=labels_BT,
+                            logits_NK=logits_NK[mask_BT[b_N, t_N]])
+
+    def _loss(self, logits_NK: torch.Tensor, labels_N: torch.Tensor, masked_N: torch.Tensor,
+              b_N: torch.Tensor, penalty_B: torch.Tensor) -> HubertLoss:
+        cfg = self.cfg
+        ce_N = F.cross_entropy(logits_NK, labels_N, reduction="none")
+        correct_N = logits_NK.argmax(dim=-1) == labels_N
+        masked_loss_sum, unmasked_loss_sum = (ce_N * masked_N).sum(), (ce_N * ~masked_N).sum()
+        counted_N = (masked_N & (cfg.pred_masked_weight > 0)) | (~masked_N & (cfg.pred_nomask_weight > 0))
+        targets_B = torch.zeros_like(penalty_B).index_add_(0, b_N, counted_N.to(penalty_B.dtype))
+        penalty_sum = (penalty_B * targets_B).sum()
+        loss_sum = (cfg.pred_masked_weight * masked_loss_sum + cfg.pred_nomask_weight * unmasked_loss_sum
+                    + cfg.feature_penalty_weight * penalty_sum)
+        return HubertLoss(
+            loss_sum=loss_sum, num_targets=counted_N.sum(), masked_loss_sum=masked_loss_sum,
+            unmasked_loss_sum=unmasked_loss_sum, num_correct=(correct_N & masked_N).sum(),
+            num_correct_unmasked=(correct_N & ~masked_N).sum(), num_unmasked=(~masked_N).sum(),
+            num_masked=masked_N.sum(), penalty_sum=penalty_sum)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

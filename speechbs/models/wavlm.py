@@ -1,0 +1,96 @@
+"""WavLM (Chen et al. 2022): HuBERT's masked prediction + gated relative position bias + utterance mixing.
+
+Legend: B utterances, T samples.
+
+The task, heads, loss and encode path are HuBERT's (``hubert.py``). Two
+differences:
+
+- the transformer adds WavLM's gated relative position bias to every layer's
+  attention scores (``blocks/relpos.py``; 320 buckets up to 800 frames as in
+  the released checkpoints and transformers' ``WavLMConfig``; the class
+  default in unilm's ``WavLM.py`` is 1280);
+- in training, ``mix_prob`` of the utterances are overlapped with a piece of
+  another utterance of the micro-batch before the feature encoder
+  (``blocks/mixing.py``), while the targets stay the primary's labels:
+  denoising masked prediction. Not in eval mode (validation scores clean audio).
+
+Layer drop: in unilm's code the bias is created by the first layer, so a step
+that drops layer 0 runs without any position bias; transformers never drops
+layer 0. speechbs builds the bias outside the layers, so every layer may be
+dropped and the others still get it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from speechbs.models.blocks.mixing import mix_utterances
+from speechbs.models.blocks.relpos import GatedRelativePositionBias
+from speechbs.models.blocks.transformer import TransformerEncoder
+from speechbs.models.hubert import LARGE_SETTINGS, TINY_SETTINGS, HubertConfig, HubertModel
+
+
+@dataclass(kw_only=True)
+class WavLMConfig(HubertConfig):
+    """HuBERT's fields plus the position bias and utterance mixing. Defaults: WavLM BASE."""
+
+    num_buckets: int = 320
+    """Relative position buckets (half per direction), count."""
+    max_distance: int = 800
+    """Offset beyond which buckets stop growing, frames."""
+    mix_prob: float = 0.2
+    """Probability that an utterance is overlapped with another one of its micro-batch (paper, section IV-A, as recalled; not verified against the released setup)."""
+    mix_max_fraction: float = 0.5
+    """The overlapped segment is shorter than this fraction of the primary utterance, fraction."""
+    mix_ratio_min_db: float = -5.0
+    """Lowest primary-to-overlap energy ratio, dB."""
+    mix_ratio_max_db: float = 5.0
+    """Highest primary-to-overlap energy ratio, dB."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.mix_prob <= 1.0 or not 0.0 < self.mix_max_fraction <= 1.0:
+            raise ValueError(f"model.mix_prob ({self.mix_prob}) must be in [0, 1] and model.mix_max_fraction "
+                             f"({self.mix_max_fraction}) in (0, 1]")
+        if self.mix_ratio_min_db > self.mix_ratio_max_db:
+            raise ValueError(f"model.mix_ratio_min_db ({self.mix_ratio_min_db}) must be <= "
+                             f"model.mix_ratio_max_db ({self.mix_ratio_max_db})")
+
+
+def base(**overrides) -> WavLMConfig:
+    """BASE (HuBERT BASE architecture + position bias; 95 M parameters)."""
+    return WavLMConfig(**overrides)
+
+
+def large(**overrides) -> WavLMConfig:
+    """LARGE (HuBERT LARGE architecture + position bias; conv bias off as in the released WavLM Large, unverified)."""
+    return WavLMConfig(**{**LARGE_SETTINGS, "conv_bias": False, **overrides})
+
+
+def tiny(**overrides) -> WavLMConfig:
+    """CPU tests and demos."""
+    return WavLMConfig(**{**TINY_SETTINGS, **overrides})
+
+
+class WavLMModel(HubertModel):
+    """HuBERT with WavLM's attention bias and utterance mixing; same forward / encode / loss contract."""
+
+    cfg: WavLMConfig
+
+    def _make_encoder(self) -> TransformerEncoder:
+        cfg = self.cfg
+        bias = GatedRelativePositionBias(cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_buckets,
+                                         cfg.max_distance)
+        return TransformerEncoder(cfg.transformer_shape(), attention_bias=bias)
+
+    def _prepare_input(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor,
+                       seeds_B: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.cfg.mix_prob <= 0.0:
+            return wav_BT
+        cfg = self.cfg
+        mixed_BT, _ = mix_utterances(wav_BT, lengths_B, seeds_B, mix_prob=cfg.mix_prob,
+                                     max_fraction=cfg.mix_max_fraction, ratio_min_db=cfg.mix_ratio_min_db,
+                                     ratio_max_db=cfg.mix_ratio_max_db)
+        return mixed_BT
