@@ -123,7 +123,9 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
 
 # Log sums whose metric name is not "the sum's name without _sum".
 _RENAMED = {"num_correct": "accuracy", "penalty_sum": "feature_penalty"}
-_RATIOS = {"accuracy_unmasked": ("num_correct_unmasked", "num_unmasked")}
+# HuBERT's unmasked terms are per UNMASKED frame; the loss normalizes by masked frames only.
+_RATIOS = {"accuracy_unmasked": ("num_correct_unmasked", "num_unmasked"),
+           "unmasked_loss": ("unmasked_loss_sum", "num_unmasked")}
 
 
 def metrics_from_sums(sums: dict[str, float], num_targets: float) -> dict[str, float]:

@@ -25,6 +25,7 @@ STREAM_TIME_MASK = 1
 STREAM_CHANNEL_MASK = 2
 STREAM_NEGATIVES = 3
 STREAM_GUMBEL = 4
+STREAM_MIX = 5  # WavLM utterance mixing (blocks/mixing.py)
 
 
 def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ import torch
 
 from speechbs.models.blocks import counter_rng
 
-STREAM_MIX = 101
 """counter_rng stream of the mixing draws (counters 0..5), far from the ids of ``counter_rng``'s own streams."""
 
 
@@ -40,7 +39,7 @@ def mix_utterances(wav_BT: torch.Tensor, lengths_B: torch.Tensor, seeds_B: torch
     if B < 2 or mix_prob <= 0.0:
         return wav_BT, region_BT
     lengths_B = lengths_B.to(device)
-    u_B6 = counter_rng.uniform_open(seeds_B.to(device).view(-1, 1), STREAM_MIX,
+    u_B6 = counter_rng.uniform_open(seeds_B.to(device).view(-1, 1), counter_rng.STREAM_MIX,
                                     torch.arange(6, device=device).view(1, -1))
     row_B = torch.arange(B, device=device)
     partner_B = torch.floor(u_B6[:, 1] * (B - 1)).long()
