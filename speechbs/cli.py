@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("speechbs.data.manifest_cmd", "build fairseq-style manifests and label files"),
     "validate": ("speechbs.data.validate", "check a manifest's audio and transcripts"),
     "pretrain": ("speechbs.pretrain", "self-supervised pretraining (alone or under torchrun)"),
+    "targets": ("speechbs.targets.command", "MFCC or layer features, k-means and cluster label files for HuBERT/WavLM"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
 }
 
