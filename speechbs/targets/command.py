@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit_p.add_argument("--backend", choices=BACKENDS, default="faiss",
                        help="faiss (fast) or sklearn (fairseq's MiniBatchKMeans settings)")
     fit_p.add_argument("--iterations", type=int, default=20, help="faiss Lloyd iterations")
+    fit_p.add_argument("--restarts", type=int, default=1, help="faiss restarts; the best is kept")
     fit_p.add_argument("--sklearn-n-init", type=int, default=20, help="sklearn restarts (fairseq: 20)")
-    fit_p.add_argument("--threads", type=int, default=0, help="faiss threads (0: all cores)")
+    fit_p.add_argument("--threads", type=int, default=0, help="k-means threads (0: all cores; 1 on a shared machine)")
     fit_p.add_argument("--seed", type=int, default=0)
     fit_p.add_argument("--out", required=True, help="k-means model file to write, e.g. it1/kmeans.pt")
     _add_stream_arguments(fit_p)
@@ -83,7 +84,8 @@ def _device(name: str) -> torch.device:
 def run_fit(args: argparse.Namespace) -> int:
     settings = KMeansSettings(num_clusters=args.k, backend=args.backend, seed=args.seed, max_frames=args.max_frames,
                               frame_fraction=args.frame_fraction, num_iterations=args.iterations,
-                              sklearn_n_init=args.sklearn_n_init, num_threads=args.threads)
+                              sklearn_n_init=args.sklearn_n_init, num_restarts=args.restarts,
+                              num_threads=args.threads)
     manifest = read_manifest(args.manifest)
     if len(manifest) == 0:
         raise SpeechbsError(f"manifest {args.manifest} has no utterances")

@@ -57,8 +57,10 @@ class KMeansSettings:
     """faiss Lloyd iterations; sklearn uses fairseq's max_iter 100 with early stopping."""
     sklearn_n_init: int = 20
     """sklearn restarts (fairseq: 20)."""
+    num_restarts: int = 1
+    """faiss runs from different random initializations; the lowest-inertia one is kept (faiss ``nredo``)."""
     num_threads: int = 0
-    """faiss OpenMP threads; 0 = all cores. Use 1 on a shared machine: OpenMP's busy-waiting
+    """faiss and sklearn OpenMP threads; 0 = all cores. Use 1 on a shared machine: OpenMP's busy-waiting
     barriers make an oversubscribed 2-thread fit 10-20x slower than 1 thread (measured)."""
 
     def __post_init__(self) -> None:
@@ -208,7 +210,7 @@ def _fit_faiss(feats_NC: np.ndarray, settings: KMeansSettings) -> np.ndarray:
     # Use every sampled frame: the sample size is the user's choice (--max-frames), not faiss's 256 per centroid.
     kmeans = faiss.Kmeans(feats_NC.shape[1], k, niter=settings.num_iterations, seed=settings.seed,
                           max_points_per_centroid=math.ceil(len(feats_NC) / k) + 1,
-                          min_points_per_centroid=1, verbose=False)
+                          min_points_per_centroid=1, nredo=settings.num_restarts, verbose=False)
     previous = faiss.omp_get_max_threads()
     if settings.num_threads > 0:
         faiss.omp_set_num_threads(settings.num_threads)
@@ -226,7 +228,10 @@ def _fit_sklearn(feats_NC: np.ndarray, settings: KMeansSettings) -> np.ndarray:
                                      batch_size=10_000, compute_labels=False, tol=0.0, max_no_improvement=100,
                                      init_size=None, n_init=settings.sklearn_n_init, reassignment_ratio=0.0,
                                      random_state=settings.seed)
-    kmeans.fit(feats_NC)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(settings.num_threads or None):
+        kmeans.fit(feats_NC)
     return kmeans.cluster_centers_
 
 
