@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("speechbs.finetune", "CTC fine-tuning of a pretrained encoder on transcripts"),
     "decode": ("speechbs.asr.decode", "transcribe a manifest with a fine-tuned model (greedy or LM beam search)"),
     "score": ("speechbs.asr.score", "WER and CER of hypotheses against references"),
+    "targets": ("speechbs.targets.command", "MFCC or layer features, k-means and cluster label files for HuBERT/WavLM"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
 }
 

@@ -157,7 +157,8 @@ def cluster_labels(cfg: Any, manifest_path: str) -> Any:
     if not cfg.data.labels:
         raise ConfigError(f"model {cfg.model.name} predicts cluster labels: set data.labels to their file "
                           f"extension (e.g. data.labels=km; make them with `speechbs targets`)")
-    labels = read_cluster_labels(read_manifest(manifest_path), manifest_path, cfg.data.labels, cfg.data.label_dir)
+    labels = read_cluster_labels(read_manifest(manifest_path), manifest_path, cfg.data.labels, cfg.data.label_dir,
+                                 default_rate_hz=cfg.audio.sample_rate_hz)
     arch = cfg.model.arch
     if labels.num_clusters != arch.num_clusters or abs(labels.label_rate_hz - arch.label_rate_hz) > 1e-6:
         raise ConfigError(f"the labels of {manifest_path} have K={labels.num_clusters} at "
