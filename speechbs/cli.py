@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("speechbs.data.validate", "check a manifest's audio and transcripts"),
     "pretrain": ("speechbs.pretrain", "self-supervised pretraining (alone or under torchrun)"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
+    "sweep": ("speechbs.sweep.command", "pretrain, fine-tune, decode and score a grid of batch sizes"),
+    "report": ("speechbs.report.command", "table and plots of batch size vs WER, hours seen and gradient noise"),
 }
 
 
