@@ -22,8 +22,9 @@ from pathlib import Path
 from speechbs.data.corpus import DEFAULT_AUDIO_DIR, DEFAULT_MANIFEST_DIR, DEFAULT_MINUTES, build_corpus
 from speechbs.errors import SpeechbsError
 from speechbs.report import collect, markdown, write_report
-from speechbs.sweep import SubprocessRunner, plan_sweep, run_sweep
+from speechbs.sweep import SubprocessRunner, SweepPlan, load_sweep, plan_sweep, run_sweep
 from speechbs.sweep.command import describe_plan, format_status
+from speechbs.sweep.plan import toml_str
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sweeps" / "demo.toml"
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help=f"size of the built-in corpus, minutes of audio (default {DEFAULT_MINUTES:g})")
     parser.add_argument("--seed", type=int, default=1, help="corpus seed")
+    parser.add_argument("--audio-dir", default=DEFAULT_AUDIO_DIR, help="where the corpus audio goes")
+    parser.add_argument("--manifest-dir", default=DEFAULT_MANIFEST_DIR,
+                        help="where its manifests go (the sweep reads them from there)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="worker processes for synthesis")
     parser.add_argument("--force", action="store_true",
@@ -55,10 +59,31 @@ def make_runner() -> SubprocessRunner:
     return SubprocessRunner()
 
 
+def _manifest_overrides(args: argparse.Namespace) -> list[str]:
+    """Pretraining reads the corpus from --manifest-dir (the recipes name the default one)."""
+    if Path(args.manifest_dir) == Path(DEFAULT_MANIFEST_DIR):
+        return []
+    cfg = load_sweep(args.recipe, args.overrides)
+    extra = [f"data.{split}_manifest={toml_str(Path(args.manifest_dir) / f'{split}.tsv')}"
+             for split in ("train", "valid")]
+    return ["sweep.pretrain_set=[" + ", ".join(toml_str(s) for s in [*cfg.sweep.pretrain_set, *extra]) + "]"]
+
+
+def _point_tests_at(plan: SweepPlan, manifest_dir: Path) -> None:
+    """Fine-tuning and test manifests from --manifest-dir, by split name."""
+    if manifest_dir == Path(DEFAULT_MANIFEST_DIR):
+        return
+    for spec in plan.cfg.finetune:
+        spec.train_manifest = str(manifest_dir / "train.tsv")
+        spec.set = [*spec.set, f"data.valid_manifest={toml_str(manifest_dir / 'valid.tsv')}"]
+    for test in plan.cfg.test:
+        test.manifest = str(manifest_dir / f"{Path(test.manifest).stem}.tsv")
+
+
 def main(args: argparse.Namespace) -> int:
     start = time.monotonic()
     print(f"[1/3] built-in corpus ({args.minutes:g} min of synthetic speech)", flush=True)
-    summary = build_corpus(DEFAULT_AUDIO_DIR, DEFAULT_MANIFEST_DIR, minutes=args.minutes, seed=args.seed,
+    summary = build_corpus(args.audio_dir, args.manifest_dir, minutes=args.minutes, seed=args.seed,
                            num_workers=args.workers, force=args.force,
                            log=lambda message: print(f"  {message}", flush=True))
     print("  built now" if summary.built_now else "  already built; reusing it")
@@ -70,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
                             f"recipes/sweeps/; run from a checkout or give --recipe)")
 
     print(f"[2/3] batch-size sweep ({args.recipe})", flush=True)
-    plan = plan_sweep(args.recipe, args.overrides, out=args.out)
+    plan = plan_sweep(args.recipe, [*args.overrides, *_manifest_overrides(args)], out=args.out)
+    _point_tests_at(plan, Path(args.manifest_dir))
     print(describe_plan(plan), flush=True)
     sweep_start = time.monotonic()
     status = run_sweep(plan, make_runner(), say=lambda message: print(message, flush=True))

@@ -44,3 +44,23 @@ def test_demo_runs_sweep_and_prints_report(tmp_path, monkeypatch, capsys):
     assert "WER train/test" in text and "| bs15s |" in text and "| bs60s |" in text
     assert all((out / "report" / name).is_file() for name in PLOT_NAMES)
     assert len(calls.read_text().splitlines()) == 4 * 3  # pretrain, finetune, decode, score per point
+
+
+def test_demo_reads_the_corpus_from_manifest_dir(tmp_path, monkeypatch, capsys):
+    calls = tmp_path / "calls.log"
+    calls.write_text("")
+    monkeypatch.setenv("STUB_CALLS", str(calls))
+
+    class FakeSummary:
+        built_now = True
+
+        def describe(self) -> str:
+            return "fake corpus"
+
+    monkeypatch.setattr(demo, "build_corpus", lambda *a, **k: FakeSummary())
+    monkeypatch.setattr(demo, "make_runner", lambda: StubRunner())
+    out, manifests = tmp_path / "demo", tmp_path / "m"
+    assert cli_main(["demo", "--out", str(out), "--manifest-dir", str(manifests)]) == 0
+    status = (out / "sweep.json").read_text()
+    assert f"data.train_manifest=\\\"{manifests / 'train.tsv'}\\\"" in status
+    assert str(manifests / "test.tsv") in status and "manifests/builtin" not in status
