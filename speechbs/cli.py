@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("speechbs.asr.score", "WER and CER of hypotheses against references"),
     "targets": ("speechbs.targets.command", "MFCC or layer features, k-means and cluster label files for HuBERT/WavLM"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
+    "sweep": ("speechbs.sweep.command", "pretrain, fine-tune, decode and score a grid of batch sizes"),
+    "report": ("speechbs.report.command", "table and plots of batch size vs WER, hours seen and gradient noise"),
 }
 
 

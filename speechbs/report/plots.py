@@ -1,0 +1,128 @@
+"""The four report plots (matplotlib, Agg backend: no display needed).
+
+- ``wer_vs_batch.png``: WER of each (split, test) against the pretraining batch, log x;
+- ``wer_vs_hours.png``: WER against hours of audio seen in pretraining (final and milestone
+  checkpoints), log x: the seed study's "data seen" view;
+- ``grad_noise_vs_batch.png``: the gradient noise scale B_simple (s of audio) against the batch,
+  log-log, with the 1/sqrt(2)-per-doubling slope the seed study found up to ~40 min for reference;
+- ``loss_curves.png``: pretraining train loss per batch size against steps and against hours seen.
+
+A plot with nothing to show is still written, with a line saying what is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from speechbs.report.collect import Collected
+from speechbs.report.table import score_columns
+
+PLOT_NAMES = ("wer_vs_batch.png", "wer_vs_hours.png", "grad_noise_vs_batch.png", "loss_curves.png")
+
+
+def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; works without a display
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writers = (_wer_vs_batch, _wer_vs_hours, _noise_vs_batch, _loss_curves)
+    paths = []
+    for name, writer in zip(PLOT_NAMES, writers):
+        fig = writer(plt, collected)
+        path = out_dir / name
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=10, wrap=True)
+
+
+def _wer_vs_batch(plt, collected: Collected):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pairs = score_columns(collected)
+    for split, test in pairs:
+        points = sorted((r.batch_s, s.wer) for r in collected.rows for s in r.scores
+                        if r.batch_s is not None and s.wer is not None and s.milestone_h is None
+                        and s.split == split and s.test == test)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=f"{split} / {test}")
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining batch (s of audio per step)")
+    ax.set_ylabel("WER (%)")
+    ax.set_title("WER vs batch size")
+    if pairs:
+        ax.legend(title="fine-tune / test")
+    else:
+        _empty(ax, "no score.json found: no fine-tuned and scored runs yet")
+    return fig
+
+
+def _wer_vs_hours(plt, collected: Collected):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for row in collected.rows:
+        for split, test in {(s.split, s.test) for s in row.scores}:
+            points = sorted((s.hours_seen, s.wer) for s in row.scores if s.split == split and s.test == test
+                            and s.hours_seen and s.wer is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=f"{row.label}: {split} / {test}")
+                drawn = True
+    ax.set_xlabel("hours of audio seen in pretraining")
+    ax.set_ylabel("WER (%)")
+    ax.set_title("WER vs hours seen")
+    if drawn:
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    else:
+        _empty(ax, "no scored runs with hours seen yet")
+    return fig
+
+
+def _noise_vs_batch(plt, collected: Collected):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = sorted((r.batch_s, r.grad_noise_s) for r in collected.rows
+                    if r.batch_s is not None and r.grad_noise_s is not None and r.grad_noise_s > 0)
+    ax.set_xlabel("pretraining batch (s of audio per step)")
+    ax.set_ylabel("gradient noise scale B_simple (s)")
+    ax.set_title("gradient noise vs batch size")
+    if points:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", label="measured (median of the last rows)")
+        # Reference slope: a factor 1/sqrt(2) per doubling of the batch, through the first point.
+        ax.plot(xs, [ys[0] * (x / xs[0]) ** -0.5 for x in xs], linestyle="--", color="gray",
+                label="1/sqrt(2) per doubling")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend()
+    else:
+        _empty(ax, "no grad_noise_scale_s in metrics.jsonl\n(set train.grad_noise_every > 0; "
+                   "needs >= 2 micro-batches per step)")
+    return fig
+
+
+def _loss_curves(plt, collected: Collected):
+    fig, (by_step, by_hours) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for row in collected.rows:
+        if not row.curve:
+            continue
+        steps, hours, losses = zip(*row.curve)
+        label = f"{row.batch_s:g} s" if row.batch_s is not None else row.label
+        by_step.plot(steps, losses, label=label, linewidth=1)
+        by_hours.plot(hours, losses, label=label, linewidth=1)
+        drawn = True
+    by_step.set_xlabel("optimizer step")
+    by_hours.set_xlabel("hours of audio seen")
+    for ax in (by_step, by_hours):
+        ax.set_ylabel("pretraining train loss")
+    fig.suptitle("pretraining loss per batch size")
+    if drawn:
+        by_step.legend(title="batch")
+    else:
+        _empty(by_step, "no metrics.jsonl with train losses found")
+    return fig

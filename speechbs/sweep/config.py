@@ -1,0 +1,175 @@
+"""The typed schema of a sweep recipe: which runs, on what budget, scored how.
+
+A sweep recipe is a TOML file with four parts::
+
+    [sweep]        name, where it lives, the base pretraining recipe, the budget policy
+    [grid]         the axes: batch seconds (required), LR rule, model size, seed
+    [[finetune]]   one table per labeled split to fine-tune every checkpoint on
+    [[test]]       one table per test set to decode and score every fine-tuned model on
+
+Recipe paths (``pretrain_recipe``, ``[[finetune]].recipe``) are relative to the
+sweep file, so a sweep travels with its recipes; manifests are relative to the
+working directory, as in every other recipe. Loading is in :mod:`speechbs.sweep.plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from speechbs.errors import ConfigError
+
+BUDGETS = ("steps", "hours", "steps_with_milestones")
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(kw_only=True)
+class SweepSection:
+    """``[sweep]``: identity, location, base recipe and the budget every point gets."""
+
+    name: str = "sweep"
+    """Sweep name; its root directory is ``<output_dir>/<name>`` (``--out`` replaces both)."""
+
+    output_dir: str = "runs/sweeps"
+    """Directory that holds sweep roots (relative to the working directory)."""
+
+    pretrain_recipe: str = ""
+    """Base pretraining recipe, relative to the sweep file; every point is this recipe plus its grid values."""
+
+    budget: Literal["steps", "hours", "steps_with_milestones"] = "hours"
+    """``steps``: every point trains ``steps`` optimizer steps. ``hours``: every point sees ``hours`` of
+    audio, steps = ceil(hours * 3600 / batch.seconds). ``steps_with_milestones``: ``steps`` steps, plus a
+    checkpoint kept at each of ``milestone_hours`` so one run gives an hours-seen curve."""
+
+    steps: int = 0
+    """Optimizer steps per point for the ``steps`` and ``steps_with_milestones`` budgets, steps."""
+
+    hours: float = 0.0
+    """Hours of audio seen per point for the ``hours`` budget, h (nominal: batch.seconds x steps)."""
+
+    milestone_hours: list[float] = field(default_factory=list)
+    """Hours seen at which a checkpoint is kept forever (``train.milestone_hours``), h; required by
+    ``steps_with_milestones``, allowed with any budget."""
+
+    finetune_milestones: bool = False
+    """Also fine-tune (and score) every milestone checkpoint, not only the last one."""
+
+    pretrain_set: list[str] = field(default_factory=list)
+    """Extra ``section.key=value`` overrides for every pretraining run (e.g. ``optim.lr_rule=sqrt``)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "sweep.name", "must be a non-empty name without '/'")
+        _require(bool(self.pretrain_recipe), "sweep.pretrain_recipe",
+                 "is required: the pretraining recipe every point starts from (path relative to the sweep file)")
+        if self.budget == "hours":
+            _require(self.hours > 0, "sweep.hours", "must be > 0 with budget = 'hours' (hours of audio per point)")
+        else:
+            _require(self.steps >= 1, "sweep.steps", f"must be >= 1 with budget = {self.budget!r}")
+        if self.budget == "steps_with_milestones":
+            _require(bool(self.milestone_hours), "sweep.milestone_hours",
+                     "is required with budget = 'steps_with_milestones' (hours seen to keep checkpoints at)")
+        _require(all(h > 0 for h in self.milestone_hours), "sweep.milestone_hours", "must all be > 0")
+        _require(not self.finetune_milestones or bool(self.milestone_hours), "sweep.finetune_milestones",
+                 "needs sweep.milestone_hours")
+
+
+@dataclass(kw_only=True)
+class GridSection:
+    """``[grid]``: the axes of the sweep; every combination is one point."""
+
+    batch_seconds: list[float] = field(default_factory=list)
+    """Batch sizes, seconds of audio per optimizer step over all devices (``batch.seconds``), s."""
+
+    batch_minutes: list[float] = field(default_factory=list)
+    """The same in minutes (give one of ``batch_seconds`` and ``batch_minutes``), min."""
+
+    lr_rule: list[Literal["none", "linear", "sqrt"]] = field(default_factory=list)
+    """LR scaling rules to try (``optim.lr_rule``); empty: the base recipe's rule."""
+
+    model_size: list[Literal["tiny", "base", "large"]] = field(default_factory=list)
+    """Model sizes to try (``model.size``); empty: the base recipe's size."""
+
+    seed: list[int] = field(default_factory=list)
+    """Seeds to try (``run.seed``); empty: the base recipe's seed."""
+
+    def __post_init__(self) -> None:
+        _require(not (self.batch_seconds and self.batch_minutes), "grid.batch_minutes",
+                 "give grid.batch_seconds or grid.batch_minutes, not both")
+        if self.batch_minutes:
+            self.batch_seconds = [m * 60.0 for m in self.batch_minutes]
+            self.batch_minutes = []
+        _require(bool(self.batch_seconds), "grid.batch_seconds",
+                 "is required: a list of batch sizes in seconds of audio, e.g. [87.5, 600, 4800]")
+        _require(all(s > 0 for s in self.batch_seconds), "grid.batch_seconds", "must all be > 0")
+        for key in ("batch_seconds", "lr_rule", "model_size", "seed"):
+            values = getattr(self, key)
+            _require(len(set(values)) == len(values), f"grid.{key}", f"has a repeated value: {values}")
+
+
+@dataclass(kw_only=True)
+class FinetuneSpec:
+    """``[[finetune]]``: one labeled split every pretrained checkpoint is fine-tuned on."""
+
+    name: str = ""
+    """Short name of the split (``10min``, ``1h``, ``train``): names the run directory and table columns."""
+
+    recipe: str = ""
+    """Fine-tuning recipe, relative to the sweep file (``speechbs finetune RECIPE``)."""
+
+    train_manifest: str = ""
+    """Labeled training manifest (``data.train_manifest``); empty: the recipe's."""
+
+    set: list[str] = field(default_factory=list)
+    """Extra ``section.key=value`` overrides for this fine-tuning run."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name and "@" not in self.name, "finetune.name",
+                 "is required: a short name without '/' or '@', e.g. '10min'")
+        _require(bool(self.recipe), f"finetune[{self.name}].recipe", "is required (path relative to the sweep file)")
+
+
+@dataclass(kw_only=True)
+class TestSpec:
+    """``[[test]]``: one test set every fine-tuned model is decoded and scored on."""
+
+    name: str = ""
+    """Short name (``test-clean``): names the decode directory and table columns."""
+
+    manifest: str = ""
+    """Manifest to decode; a ``.wrd`` beside it holds the references that ``speechbs score`` reads."""
+
+    decode_args: list[str] = field(default_factory=list)
+    """Extra ``speechbs decode`` arguments, e.g. ``["--beam", "50", "--lm", "4gram.arpa"]``."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "test.name",
+                 "is required: a short name without '/', e.g. 'test-clean'")
+        _require(bool(self.manifest), f"test[{self.name}].manifest", "is required (a .tsv manifest)")
+
+
+@dataclass(kw_only=True)
+class SweepConfig:
+    """A whole sweep recipe."""
+
+    sweep: SweepSection = field(default_factory=SweepSection)
+    """Name, location, base recipe and budget."""
+
+    grid: GridSection = field(default_factory=GridSection)
+    """Batch sizes and the other axes."""
+
+    finetune: list[FinetuneSpec] = field(default_factory=list)
+    """Labeled splits to fine-tune on (none: pretraining only)."""
+
+    test: list[TestSpec] = field(default_factory=list)
+    """Test sets to decode and score (needs at least one ``[[finetune]]``)."""
+
+    def __post_init__(self) -> None:
+        for key, items in (("finetune", self.finetune), ("test", self.test)):
+            names = [item.name for item in items]
+            _require(len(set(names)) == len(names), key, f"names must differ, got {names}")
+        _require(not self.test or bool(self.finetune), "test",
+                 "needs at least one [[finetune]]: test sets are decoded with fine-tuned models")

@@ -1,0 +1,76 @@
+"""Sweep recipes: loading, budgets, points, and every sweep recipe in recipes/ plans."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from speechbs.errors import ConfigError
+from speechbs.sweep import load_sweep, plan_sweep, steps_for
+from speechbs.sweep.config import SweepSection
+from tests.sweep.conftest import write_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_hours_budget_gives_equal_audio(tmp_path):
+    plan = plan_sweep(write_sweep(tmp_path, grid="batch_seconds = [87.5, 150.0, 4800.0]", sweep='hours = 10.0'))
+    steps = {p.batch_s: p.num_steps for p in plan.points}
+    assert steps == {87.5: math.ceil(36000 / 87.5), 150.0: 240, 4800.0: 8}
+    assert all(p.batch_s * p.num_steps >= 36000 for p in plan.points)
+    assert steps_for(SweepSection(pretrain_recipe="x", budget="steps", steps=7), 600.0) == 7
+
+
+def test_points_carry_batch_lr_rule_and_names(tmp_path):
+    plan = plan_sweep(write_sweep(tmp_path, grid='batch_minutes = [1.0, 4.0]\nlr_rule = ["sqrt", "none"]'))
+    assert [p.name for p in plan.points] == ["bs60s-sqrt", "bs60s-none", "bs240s-sqrt", "bs240s-none"]
+    by_name = {p.name: p for p in plan.points}
+    # sqrt rule anchored at the recipe's 5e-4 default for 60 s (reference_seconds=60 in pretrain_set)
+    assert by_name["bs240s-sqrt"].peak_lr == pytest.approx(5e-4 * 2)
+    assert by_name["bs240s-none"].peak_lr == pytest.approx(5e-4)
+    assert "batch.seconds=240.0" in by_name["bs240s-none"].overrides
+    assert len({p.config_hash for p in plan.points}) == 4
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[sweep]\npretrain_recipe = "pre.toml"\nbudget = "hours"\n[grid]\nbatch_seconds = [1.0]\n', "sweep.hours"),
+    ('[sweep]\npretrain_recipe = "pre.toml"\nhours = 1.0\n[grid]\nbatch_secs = [1.0]\n', "Did you mean grid.batch_seconds"),
+    ('[sweep]\npretrain_recipe = "nope.toml"\nhours = 1.0\n[grid]\nbatch_seconds = [1.0]\n', "does not exist"),
+    ('[sweep]\npretrain_recipe = "pre.toml"\nbudget = "steps_with_milestones"\nsteps = 5\n'
+     '[grid]\nbatch_seconds = [1.0]\n', "milestone_hours"),
+    ('[sweep]\npretrain_recipe = "pre.toml"\nhours = 1.0\n[grid]\nbatch_seconds = [1.0]\n'
+     '[[test]]\nname = "t"\nmanifest = "t.tsv"\n', "needs at least one [[finetune]]"),
+    ('[run]\nname = "x"\n', "needs a [sweep] table"),
+])
+def test_bad_recipes_say_what_to_change(tmp_path, body, message):
+    write_sweep(tmp_path)
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        plan_sweep(path)
+
+
+def test_set_overrides_the_sweep_recipe(tmp_path):
+    cfg = load_sweep(write_sweep(tmp_path), ["sweep.hours=2", "grid.batch_seconds=[30.0]"])
+    assert cfg.sweep.hours == 2.0 and cfg.grid.batch_seconds == [30.0]
+
+
+def test_point_config_errors_name_the_point(tmp_path):
+    with pytest.raises(ConfigError, match="sweep point bs15s"):
+        plan_sweep(write_sweep(tmp_path), ['sweep.pretrain_set=["optim.lr_rule=\\"cubic\\""]'])
+
+
+SWEEP_RECIPES = [p for p in sorted(REPO.glob("recipes/**/*.toml")) if "[sweep]" in p.read_text()]
+
+
+def test_there_are_sweep_recipes():
+    assert {p.name for p in SWEEP_RECIPES} >= {"demo.toml", "sweep.toml"}
+
+
+@pytest.mark.parametrize("recipe", SWEEP_RECIPES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_sweep_recipe_plans(recipe):
+    plan = plan_sweep(recipe)
+    assert len(plan.points) >= 3
+    assert plan.cfg.finetune and plan.cfg.test
