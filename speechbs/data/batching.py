@@ -180,7 +180,7 @@ class BatchPlanner:
                 f"(or batch.minutes) to >= {_ceil1(used_longest / rate)}, or set batch.crop = \"max\" "
                 f"with a smaller batch.crop_max_seconds")
         capped_total = n.sum() if self._crop_samples is None else np.minimum(n, self._crop_samples).sum()
-        if capped_total < cfg.seconds * rate:
+        if capped_total + 0.5 < cfg.seconds * rate:  # half a sample: float rounding of a whole-set batch
             raise PlanError(
                 f"batch.seconds = {cfg.seconds} is more than the whole training set "
                 f"({capped_total / rate:.1f} s of usable audio): lower batch.seconds to <= "

@@ -160,8 +160,13 @@ def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: Au
     step, so evaluation pads as little as training does and every rank runs the
     same number of micro-batches (empty ones become placeholders).
     """
-    total_s = float(manifest.seconds(audio_cfg.sample_rate_hz).sum())
-    cfg = replace(batch_cfg, seconds=max(total_s, 1e-3), crop="none")
+    lengths_s = manifest.num_model_samples(audio_cfg.sample_rate_hz) / audio_cfg.sample_rate_hz
+    # Uncropped, so a forward pass must hold the longest utterance even when training crops below it.
+    longest_s = float(lengths_s.max())
+    if batch_cfg.cost == "quadratic":
+        longest_s *= 1.0 + longest_s / batch_cfg.cost_length_seconds
+    cfg = replace(batch_cfg, seconds=max(float(lengths_s.sum()), 1e-3), crop="none",
+                  max_device_seconds=max(batch_cfg.max_device_seconds, longest_s * (1 + 1e-9)))
     planner = build_planner(manifest, cfg, audio_cfg, seed=0)
     batch = planner.batch_at(0, 0)
     dataset = MicroBatchDataset(manifest, audio_cfg, targets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -9,7 +11,7 @@ import torch
 
 from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
-from speechbs.data.loader import build_planner, iter_steps, load_micro_batch
+from speechbs.data.loader import build_planner, eval_micro_batches, iter_steps, load_micro_batch
 from speechbs.data.batching import EMPTY_MICRO_BATCH
 from speechbs.data.manifest import Manifest
 
@@ -139,3 +141,12 @@ def test_free_spoken_digits_one_epoch_resampled(digits_dir):
     assert sorted(seen) == sorted(set(seen)) and set(seen) < set(other)
     assert real_s == pytest.approx(manifest.num_model_samples(16_000).sum() / 16_000)
     assert real_s / padded_s > 0.95
+
+
+def test_evaluation_covers_utterances_longer_than_the_training_crop(tone_manifest):
+    """Validation is uncropped: a forward pass grows to the longest utterance, and every row comes once."""
+    longest_s = float(tone_manifest.seconds(AUDIO.sample_rate_hz).max())
+    cfg = replace(batch_cfg(), max_device_seconds=longest_s / 2, crop="max", crop_max_seconds=longest_s / 3)
+    rows = sorted(int(i) for mb in eval_micro_batches(tone_manifest, cfg, AUDIO, rank=0, world_size=1)
+                  for i in mb.indices_B if i >= 0)
+    assert rows == list(range(len(tone_manifest)))
