@@ -158,12 +158,11 @@ def test_missing_library_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         build(tmp_path)
 
 
-def test_corpus_and_demo_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corpus_command_reuses_and_protects_a_built_corpus(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     dirs = ["--audio-dir", str(tmp_path / "audio"), "--manifest-dir", str(tmp_path / "manifests")]
-    assert cli.main(["demo", "--minutes", "0.2", "--workers", "1", *dirs]) == 0
-    out = capsys.readouterr().out
-    assert str(tmp_path / "manifests" / "train.tsv") in out
-    assert "next steps" in out and "not" in out and "part of it yet" in out
+    assert cli.main(["demo", "--corpus-only", "--minutes", "0.2", "--workers", "1", *dirs]) == 0
+    assert str(tmp_path / "manifests" / "train.tsv") in capsys.readouterr().out
     assert cli.main(["corpus", "--minutes", "0.2", "--workers", "1", *dirs]) == 0
     assert "already built" in capsys.readouterr().out
     assert cli.main(["corpus", "--minutes", "0.4", "--workers", "1", *dirs]) == 2
