@@ -24,6 +24,7 @@ from speechbs.errors import SpeechbsError
 from speechbs.report import collect, markdown, write_report
 from speechbs.sweep import SubprocessRunner, SweepPlan, load_sweep, plan_sweep, run_sweep
 from speechbs.sweep.command import describe_plan, format_status
+from speechbs.sweep.runner import stop_on_sigterm
 from speechbs.sweep.plan import toml_str
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sweeps" / "demo.toml"
@@ -99,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
     _point_tests_at(plan, Path(args.manifest_dir))
     print(describe_plan(plan), flush=True)
     sweep_start = time.monotonic()
+    stop_on_sigterm()
     status = run_sweep(plan, make_runner(), say=lambda message: print(message, flush=True))
     print(format_status(status))
     print(f"  sweep took {time.monotonic() - sweep_start:.0f} s")

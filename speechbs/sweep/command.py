@@ -12,7 +12,7 @@ import argparse
 from speechbs.errors import ConfigError
 from speechbs.sweep.launch import write_launch_scripts
 from speechbs.sweep.plan import SweepPlan, plan_sweep
-from speechbs.sweep.runner import SubprocessRunner, SweepStatus, dry_run, run_sweep
+from speechbs.sweep.runner import SubprocessRunner, SweepStatus, dry_run, run_sweep, stop_on_sigterm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
         if args.launch == "slurm":
             print(f"submit with: sbatch {plan.root / 'launch' / 'sweep.sbatch'}")
         return 0
+    stop_on_sigterm()
     status = run_sweep(plan, SubprocessRunner(nproc_per_node=args.nproc_per_node), points=args.point or None)
     print(format_status(status))
     print(f"status: {plan.root / 'sweep.json'}; table and plots: speechbs report {plan.root}")

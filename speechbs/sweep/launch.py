@@ -40,6 +40,7 @@ def write_launch_scripts(plan: SweepPlan, mode: str, nproc_per_node: int) -> lis
         path.chmod(0o755)
         paths.append(path)
     if mode == "slurm":
+        (plan.root / "logs").mkdir(parents=True, exist_ok=True)  # SLURM does not create --output's folder
         path = launch_dir / "sweep.sbatch"
         write_text(path, slurm_array_script(plan, nproc_per_node))
         paths.append(path)

@@ -12,6 +12,7 @@ tests substitute a :class:`StageRunner` of their own.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -63,7 +64,23 @@ class SubprocessRunner:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(self.command(stage))}\n")
             log.flush()
-            return subprocess.run(self.command(stage), stdout=log, stderr=subprocess.STDOUT).returncode
+            child = subprocess.Popen(self.command(stage), stdout=log, stderr=subprocess.STDOUT)
+            try:
+                return child.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C, or SIGTERM via stop_on_sigterm): a training stage saves a
+                # checkpoint on SIGTERM and exits 75, so the next sweep resumes it.
+                child.terminate()
+                child.wait()
+                raise
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the running stage is stopped cleanly, not orphaned."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @dataclass

@@ -106,6 +106,7 @@ def test_launch_scripts_same_batches_for_any_gpu_count(tmp_path, calls):
     for path in (plan.root / "launch").rglob("*.s*"):
         subprocess.run(["bash", "-n", str(path)], check=True)
     assert not (plan.root / "points").exists()  # writing scripts runs nothing
+    assert (plan.root / "logs").is_dir()  # the array's --output folder
 
 
 def test_cli_dry_run_writes_nothing(tmp_path, calls, capsys):
