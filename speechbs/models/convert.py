@@ -89,23 +89,9 @@ def _encoder_fields(hf_config: Any) -> dict[str, Any]:
 
 def config_from_hf(hf_config: Any) -> Wav2Vec2Config:
     """Map a ``transformers.Wav2Vec2Config`` onto :class:`Wav2Vec2Config`."""
-    _check_hf_common(hf_config)
-    conv = tuple(zip(hf_config.conv_dim, hf_config.conv_kernel, hf_config.conv_stride))
     return Wav2Vec2Config(
-        conv_layers=conv, conv_norm=hf_config.feat_extract_norm, conv_bias=hf_config.conv_bias,
-        embed_dim=hf_config.hidden_size, num_layers=hf_config.num_hidden_layers,
-        num_heads=hf_config.num_attention_heads, ffn_dim=hf_config.intermediate_size,
-        layer_norm_first=hf_config.do_stable_layer_norm,
-        pos_conv_kernel=hf_config.num_conv_pos_embeddings,
-        pos_conv_groups=hf_config.num_conv_pos_embedding_groups,
-        dropout=hf_config.hidden_dropout, attention_dropout=hf_config.attention_dropout,
-        activation_dropout=hf_config.activation_dropout, dropout_input=hf_config.feat_proj_dropout,
-        dropout_features=hf_config.feat_quantizer_dropout, layerdrop=hf_config.layerdrop,
-        layer_norm_eps=hf_config.layer_norm_eps, final_dim=hf_config.proj_codevector_dim,
-        mask_prob=hf_config.mask_time_prob, mask_length=hf_config.mask_time_length,
-        mask_min_spans=hf_config.mask_time_min_masks, mask_channel_prob=hf_config.mask_feature_prob,
-        mask_channel_length=hf_config.mask_feature_length,
-        mask_channel_min_spans=hf_config.mask_feature_min_masks,
+        **_encoder_fields(hf_config),
+        dropout_features=hf_config.feat_quantizer_dropout, final_dim=hf_config.proj_codevector_dim,
         num_codebooks=hf_config.num_codevector_groups,
         codebook_size=hf_config.num_codevectors_per_group, codevector_dim=hf_config.codevector_dim,
         num_negatives=hf_config.num_negatives,

@@ -17,14 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from speechbs.errors import ConfigError
+from speechbs.config import _require  # the schema's one check-and-explain helper
 
 BUDGETS = ("steps", "hours", "steps_with_milestones")
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
 
 
 @dataclass(kw_only=True)
