@@ -270,7 +270,15 @@ def save_config(cfg: Any, run_dir: str | Path) -> Path:
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of dataclass ``cls``."""
+    """The docstring written under each field of dataclass ``cls`` or of the dataclasses it extends."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's docstring wins over its base's
+        if klass is not object and dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):  # pragma: no cover - source not available

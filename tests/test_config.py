@@ -64,12 +64,14 @@ def test_every_field_is_documented():
     import dataclasses
 
     from speechbs import config as config_module
+    from speechbs.models.registry import MODELS
 
-    for obj in vars(config_module).values():
-        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config_module.__name__:
-            docs = field_docs(obj)
-            for f in dataclasses.fields(obj):
-                assert docs.get(f.name), f"{obj.__name__}.{f.name} has no docstring"
+    schema = [obj for obj in vars(config_module).values()
+              if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config_module.__name__]
+    for obj in schema + [entry.config_cls for entry in MODELS.values()]:  # model configs inherit fields
+        docs = field_docs(obj)
+        for f in dataclasses.fields(obj):
+            assert docs.get(f.name), f"{obj.__name__}.{f.name} has no docstring"
 
 
 def test_bare_word_override_is_a_string():

@@ -24,7 +24,6 @@ Random draws come from ``seeds_B`` exactly as in ``wav2vec2.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
@@ -32,67 +31,21 @@ from torch.nn import functional as F
 
 from speechbs.errors import ConfigError
 from speechbs.models.blocks import contrastive
-from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, ConvSpec
-from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
-from speechbs.models.encoder import EncoderOutput
-from speechbs.models.wav2vec2 import BASE_CONV, Wav2Vec2Model
+from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder
+from speechbs.models.blocks.transformer import TransformerEncoder
+from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput
+from speechbs.models.wav2vec2 import Wav2Vec2Model
 from speechbs.targets.labels import ClusterTargets
 
 
 @dataclass(kw_only=True)
-class HubertConfig:
+class HubertConfig(EncoderConfig):
     """HuBERT architecture and loss. Defaults: BASE (fairseq ``hubert_base_librispeech.yaml``), iteration 1 labels."""
 
-    conv_layers: tuple[ConvSpec, ...] = BASE_CONV
-    """Feature encoder layers as (channels, kernel samples, stride samples); default hop 320 samples = 20 ms."""
-    conv_norm: Literal["group", "layer"] = "group"
-    """``group``: GroupNorm after the first conv only (BASE); ``layer``: LayerNorm after every conv (LARGE)."""
-    conv_bias: bool = False
-    """Bias in the conv layers."""
-    feature_grad_mult: float = 0.1
-    """Factor on gradients flowing into the feature encoder, 1 (forward unchanged)."""
     sample_rate_hz: int = 16_000
     """Input sample rate the conv strides are meant for, Hz (sets the model frame rate for label alignment)."""
-    embed_dim: int = 768
-    """Transformer width, channels."""
-    num_layers: int = 12
-    """Transformer layers, count."""
-    num_heads: int = 12
-    """Attention heads, count."""
-    ffn_dim: int = 3072
-    """Feed-forward inner width, channels."""
-    layer_norm_first: bool = False
-    """Pre-norm transformer (LARGE); False: post-norm (BASE)."""
-    pos_conv_kernel: int = 128
-    """Positional conv kernel, frames."""
-    pos_conv_groups: int = 16
-    """Positional conv groups, count."""
-    dropout: float = 0.1
-    """Dropout on transformer residual branches and after the positional embedding, probability."""
-    attention_dropout: float = 0.1
-    """Dropout on attention weights, probability."""
-    activation_dropout: float = 0.0
-    """Dropout after the feed-forward GELU, probability."""
-    dropout_input: float = 0.1
-    """Dropout after the feature projection, probability."""
-    layerdrop: float = 0.05
-    """Probability of skipping each transformer layer in training (one draw per optimizer step)."""
-    layer_norm_eps: float = 1e-5
-    """LayerNorm epsilon, dimensionless."""
-    final_dim: int = 256
-    """Space of projected outputs and cluster embeddings, channels."""
     mask_prob: float = 0.8
     """Span starts per frame times span length, before overlap, probability (HuBERT BASE: 0.8, i.e. p = 8%, l = 10)."""
-    mask_length: int = 10
-    """Time-mask span, frames."""
-    mask_min_spans: int = 2
-    """Fewest time-mask spans per utterance, count."""
-    mask_channel_prob: float = 0.0
-    """Channel-mask analogue of ``mask_prob``, probability (0 in pretraining)."""
-    mask_channel_length: int = 10
-    """Channel-mask span, channels."""
-    mask_channel_min_spans: int = 0
-    """Fewest channel-mask spans per utterance, count."""
     label_rate_hz: float = 100.0
     """Cluster label frames per second: 100 (iteration 1, MFCC k-means) or 50 (iteration 2, HuBERT features)."""
     num_clusters: int = 100
@@ -103,13 +56,9 @@ class HubertConfig:
     """Weight of the cross-entropy on masked frames, dimensionless."""
     pred_nomask_weight: float = 0.0
     """Weight of the cross-entropy on unmasked frames, dimensionless."""
-    feature_penalty_weight: float = 10.0
-    """Weight of the L2 penalty on feature encoder outputs, dimensionless."""
 
     def __post_init__(self) -> None:
-        self.conv_layers = tuple(tuple(int(v) for v in spec) for spec in self.conv_layers)  # type: ignore[assignment]
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
+        super().__post_init__()
         if self.label_rate_hz <= 0 or self.num_clusters < 2:
             raise ValueError(f"model.label_rate_hz ({self.label_rate_hz}) must be > 0 and model.num_clusters "
                              f"({self.num_clusters}) >= 2")
@@ -120,15 +69,6 @@ class HubertConfig:
         for _, _, stride in self.conv_layers:
             hop_samples *= stride
         return self.sample_rate_hz / hop_samples
-
-    def transformer_shape(self) -> TransformerShape:
-        return TransformerShape(
-            embed_dim=self.embed_dim, num_layers=self.num_layers, num_heads=self.num_heads,
-            ffn_dim=self.ffn_dim, layer_norm_first=self.layer_norm_first,
-            pos_conv_kernel=self.pos_conv_kernel, pos_conv_groups=self.pos_conv_groups,
-            dropout=self.dropout, attention_dropout=self.attention_dropout,
-            activation_dropout=self.activation_dropout, layerdrop=self.layerdrop,
-            layer_norm_eps=self.layer_norm_eps)
 
 
 LARGE_SETTINGS = dict(conv_norm="layer", conv_bias=True, feature_grad_mult=1.0, embed_dim=1024,
