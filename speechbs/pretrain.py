@@ -181,5 +181,4 @@ def placeholder_targets(mb: AudioBatch, cfg: Any) -> Any:
 
 
 def _hook(labels: Any, cfg: Any) -> Any:
-    return None if labels is None else functools.partial(type(labels).batch, labels,
-                                                         sample_rate_hz=cfg.audio.sample_rate_hz)
+    return None if labels is None else functools.partial(labels.batch, sample_rate_hz=cfg.audio.sample_rate_hz)

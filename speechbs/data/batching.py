@@ -113,6 +113,14 @@ class _EpochPlan:
     """Which batch is taken at each step: batches are shuffled."""
 
 
+def row_cost_s(num_samples: np.ndarray | float, sample_rate_hz: int, cfg: BatchConfig) -> np.ndarray | float:
+    """Cost of one row of this length in a micro-batch, in cap seconds (``batch.cost``)."""
+    length_s = np.asarray(num_samples, dtype=np.float64) / sample_rate_hz
+    if cfg.cost == "quadratic":
+        return length_s * (1.0 + length_s / cfg.cost_length_seconds)
+    return length_s
+
+
 class BatchPlanner:
     """Deterministic plan of global batches, and their split into micro-batches per device."""
 
@@ -144,11 +152,7 @@ class BatchPlanner:
 
     # ----------------------------------------------------------------- checks
     def _unit_cost_s(self, num_samples: np.ndarray | float) -> np.ndarray | float:
-        """Cost of one row of this length in a micro-batch, in cap seconds."""
-        length_s = np.asarray(num_samples, dtype=np.float64) / self.sample_rate_hz
-        if self.cfg.cost == "quadratic":
-            return length_s * (1.0 + length_s / self.cfg.cost_length_seconds)
-        return length_s
+        return row_cost_s(num_samples, self.sample_rate_hz, self.cfg)
 
     def _validate(self) -> None:
         n, cfg, rate = self.num_samples_N, self.cfg, self.sample_rate_hz

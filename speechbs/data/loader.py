@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
-from speechbs.data.batching import BatchPlanner, BatchStats, GlobalBatch, MicroBatch, Segment
+from speechbs.data.batching import BatchPlanner, BatchStats, GlobalBatch, MicroBatch, Segment, row_cost_s
 from speechbs.data.manifest import Manifest
 
 TargetsFn = Callable[[Sequence[Segment]], Any]
@@ -160,13 +160,11 @@ def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: Au
     step, so evaluation pads as little as training does and every rank runs the
     same number of micro-batches (empty ones become placeholders).
     """
-    lengths_s = manifest.num_model_samples(audio_cfg.sample_rate_hz) / audio_cfg.sample_rate_hz
+    lengths = manifest.num_model_samples(audio_cfg.sample_rate_hz)
     # Uncropped, so a forward pass must hold the longest utterance even when training crops below it.
-    longest_s = float(lengths_s.max())
-    if batch_cfg.cost == "quadratic":
-        longest_s *= 1.0 + longest_s / batch_cfg.cost_length_seconds
-    cfg = replace(batch_cfg, seconds=max(float(lengths_s.sum()), 1e-3), crop="none",
-                  max_device_seconds=max(batch_cfg.max_device_seconds, longest_s * (1 + 1e-9)))
+    longest_cost_s = float(row_cost_s(lengths.max(), audio_cfg.sample_rate_hz, batch_cfg))
+    cfg = replace(batch_cfg, seconds=max(float(lengths.sum()) / audio_cfg.sample_rate_hz, 1e-3), crop="none",
+                  max_device_seconds=max(batch_cfg.max_device_seconds, longest_cost_s * (1 + 1e-9)))
     planner = build_planner(manifest, cfg, audio_cfg, seed=0)
     batch = planner.batch_at(0, 0)
     dataset = MicroBatchDataset(manifest, audio_cfg, targets)
