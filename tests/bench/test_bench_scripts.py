@@ -1,0 +1,63 @@
+"""The benchmark scripts still run against the current package (smallest sizes; no timing is checked).
+
+Each test runs a script's ``main`` with tiny arguments and checks the shape of
+what it reports, so an API change in speechbs that breaks a script fails here
+instead of on the day someone re-runs the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import accumulation, dataload, memory
+
+MACHINE_KEYS = {"platform", "torch", "cpu_count", "device", "date"}
+
+
+def test_memory_reports_each_point_with_machine_info(tmp_path, capsys) -> None:
+    out = tmp_path / "memory.json"
+    result = memory.main(["--micro-seconds", "2", "--utterance-seconds", "1", "--json", str(out)])
+    (row,) = result["rows"]
+    assert row["rows"] == 2 and row["padded_s"] == pytest.approx(2.0)
+    assert row["real_s"] < row["padded_s"]  # lengths spread below the padded width
+    assert row["fits"] and row["peak_mb"] > row["baseline_mb"] > 0
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+    assert "| 2 | 2 x 1 s |" in capsys.readouterr().out
+
+
+def test_memory_find_max_needs_cuda() -> None:
+    with pytest.raises(SystemExit):
+        memory.main(["--find-max"])
+
+
+def test_accumulation_compares_the_same_batch_split_k_ways(tmp_path, capsys) -> None:
+    out = tmp_path / "acc.json"
+    result = accumulation.main(["--global-seconds", "2", "--utterance-seconds", "0.5", "--splits", "1", "2",
+                                "--repeats", "1", "--json", str(out)])
+    rows = {r["k"]: r for r in result["rows"]}
+    assert set(rows) == {1, 2} and rows[1]["rows_per_micro"] == 4 and rows[2]["rows_per_micro"] == 2
+    assert rows[1]["overhead"] == 0.0
+    assert all(r["step_s"] > 0 and r["bare_s"] > 0 for r in rows.values())
+    assert not result["syncs_checked"] and "not checkable on a CPU" in capsys.readouterr().out
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+
+
+def test_accumulation_rejects_a_split_that_does_not_divide_the_batch() -> None:
+    with pytest.raises(SystemExit):
+        accumulation.main(["--global-seconds", "2", "--utterance-seconds", "0.5", "--splits", "1", "3"])
+
+
+def test_dataload_covers_every_format_and_worker_count(tmp_path) -> None:
+    out = tmp_path / "dl.json"
+    result = dataload.main(["--files-per-format", "1", "--workers", "0", "1", "--steps", "2", "--step-ms", "5",
+                            "--batch-seconds", "16", "--max-device-seconds", "16", "--json", str(out)])
+    assert [r["format"] for r in result["formats"]] == ["flac 16000 Hz", "flac 44100 Hz", "wav 16000 Hz",
+                                                       "wav 22050 Hz"]
+    assert all(r["micro_batch_x"] > 0 for r in result["formats"])
+    assert [r["num_workers"] for r in result["loader"]] == [0, 1]
+    assert all(r["real_s"] > 0 for r in result["loader"])
+    (stall,) = result["stall"]
+    assert 0 <= stall["wait_fraction"] < 1 and stall["wait_ms_min"] <= stall["wait_ms_mean"]
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
