@@ -204,7 +204,7 @@ class ScheduleConfig:
     """Exponent of the polynomial decay (1 = linear)."""
 
     end_lr_scale: float = 0.0
-    """LR at the last step as a fraction of the peak (polynomial, cosine, tri_stage ``final_lr_scale``)."""
+    """LR at the last step as a fraction of the peak (polynomial, cosine, tri_stage ``final_lr_scale``; tri_stage needs > 0)."""
 
     hold_steps: int = 0
     """tri_stage: steps held at the peak after warm-up."""
@@ -231,6 +231,12 @@ class ScheduleConfig:
         _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
         _require(self.hold_steps >= 0, "schedule.hold_steps", "must be >= 0")
         _require(self.cycle_steps >= 2, "schedule.cycle_steps", "must be >= 2")
+        _require(0 <= self.end_lr_scale <= 1, "schedule.end_lr_scale", "must be in [0, 1]")
+        # An exponential decay never reaches 0: "to 0" would fall 10x every few percent of the
+        # decay phase and train nothing after its first steps.
+        _require(self.kind != "tri_stage" or self.end_lr_scale > 0, "schedule.end_lr_scale",
+                 "must be > 0 with kind = \"tri_stage\" (its decay is exponential; fairseq's "
+                 "fine-tuning recipes use 0.05)")
 
 
 @dataclass(kw_only=True)

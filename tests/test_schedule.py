@@ -35,6 +35,14 @@ def test_tri_stage_matches_fairseq_shape():
     assert lr_scale(100, s, 100) == pytest.approx(0.05)
 
 
+def test_tri_stage_refuses_a_decay_to_zero():
+    # exp(log(0)) has no finite form: a recipe that forgot final_lr_scale would silently train
+    # at ~0 LR after the first few decay steps.
+    from speechbs.errors import ConfigError
+    with pytest.raises(ConfigError, match="schedule.end_lr_scale.*0.05"):
+        ScheduleConfig(kind="tri_stage", warmup_steps=10, hold_steps=40, end_lr_scale=0.0)
+
+
 def test_cyclic_minima_sit_at_every_cycle():
     s = ScheduleConfig(kind="cyclic", cycle_steps=100, cycle_min_scale=0.01)
     for k in range(5):

@@ -67,8 +67,7 @@ def _tri_stage(step: int, sched: ScheduleConfig, num_steps: int) -> float:
         return 1.0
     decay_steps = max(num_steps - warmup - hold, 1)
     progress = min((step - warmup - hold) / decay_steps, 1.0)
-    end = max(sched.end_lr_scale, 1e-12)
-    return math.exp(math.log(end) * progress)
+    return math.exp(math.log(sched.end_lr_scale) * progress)
 
 
 def gumbel_temperature(step: int, start: float = 2.0, end: float = 0.5, decay: float = 0.999995) -> float:
