@@ -88,10 +88,13 @@ def _params(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """Largest difference relative to each tensor's scale, floored at 1e-3.
 
-    The floor matters for attention key biases: their true gradient is zero (softmax ignores a
-    constant added to every key), so they hold ~1e-8 of rounding noise that Adam amplifies.
+    Attention key biases are held to an absolute bound instead: their true gradient is zero
+    (softmax ignores a constant added to every key), so they hold ~1e-8 of rounding noise that
+    Adam amplifies, and a relative measure of that noise says nothing about the training.
     """
-    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-3)).item() for k in a)
+    keys = [k for k in a if not k.endswith("k_proj.bias")]
+    assert keys and all((a[k] - b[k]).abs().max() < 1e-6 for k in a if k not in keys)
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-3)).item() for k in keys)
 
 
 @pytest.mark.dist
@@ -181,3 +184,33 @@ def test_pretrain_runs_end_to_end_on_the_builtin_corpus(tmp_path):
     assert [r["step"] for r in noisy] == [10, 20, 30]
     assert all(r["grad_noise_micro_batches"] >= 4 and r["grad_tr_sigma_s"] > 0 and r["grad_std"] > 0 for r in noisy)
     assert (run_dir / "config.toml").is_file() and (run_dir / "env.json").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_recipe_leaves_the_contrastive_plateau(tmp_path):
+    """The tiny recipe learns its task: contrastive loss falls from chance and accuracy rises.
+
+    Chance is ln 101 = 4.615 nats and 1/101 accuracy (100 distractors). The recipe as shipped
+    (1-frame mask spans, docs/pretraining.md) leaves chance after ~50 steps of 60 s; a regression
+    in masking, distractors, the quantizer or the loss would keep it at 4.615.
+    """
+    pytest.importorskip("espeakng_loader", reason="the built-in corpus needs espeakng-loader")
+    from speechbs.data.corpus import build_corpus
+
+    manifests = build_corpus(tmp_path / "audio", tmp_path / "manifests", minutes=4, seed=5,
+                             num_workers=2).manifests
+    sets = [f"data.train_manifest={manifests['train']}", "data.valid_manifest=\"\"",
+            f"run.output_dir={tmp_path}", "run.name=plateau", "train.num_steps=80",
+            "schedule.kind=\"constant\"", "schedule.warmup_steps=20", "train.valid_every=0",
+            "train.log_every=1", "train.checkpoint_every=1000", "data.num_workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "speechbs", "pretrain", str(RECIPE), *[a for s in sets for a in ("--set", s)]]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    train = [json.loads(line) for line in (tmp_path / "plateau" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    first, last = train[:10], train[-10:]
+    chance_loss, chance_acc = np.log(101), 1 / 101
+    assert np.mean([r["contrastive"] for r in first]) > chance_loss - 0.05
+    assert np.mean([r["contrastive"] for r in last]) < chance_loss - 0.3, [r["contrastive"] for r in last]
+    assert np.mean([r["accuracy"] for r in last]) > 5 * chance_acc, [r["accuracy"] for r in last]
