@@ -130,13 +130,46 @@ def test_negatives_same_utterance_masked_never_self() -> None:
     assert len(picked) == int(row0.sum())
 
 
+def _gathered_logits(pred_NC, target_NC, negatives_NK, codes_NG, temperature):
+    """fairseq's way: gather (N, K, C) distractor vectors, cosine against [positive, distractors]."""
+    candidates_NKC = torch.cat([target_NC.unsqueeze(1), target_NC[negatives_NK]], dim=1)
+    logits_NK = torch.cosine_similarity(pred_NC.unsqueeze(1), candidates_NKC, dim=-1) / temperature
+    same_NK = torch.nn.functional.pad((codes_NG[negatives_NK] == codes_NG.unsqueeze(1)).all(-1), (1, 0))
+    return logits_NK.masked_fill(same_NK, float("-inf"))
+
+
+def test_contrastive_logits_equal_gathered_distractors_values_and_gradients() -> None:
+    """Per-row similarity blocks give fairseq's gathered cosine logits, forward and backward."""
+    torch.manual_seed(0)
+    lengths_B = torch.tensor([200, 90, 150, 3])
+    mask_BT = span_mask(lengths_B, 200, mask_prob=0.65, span=1, min_spans=2,
+                        seeds_B=torch.tensor([1, 2, 3, 4]), stream=1)
+    b_N = mask_BT.nonzero(as_tuple=True)[0]
+    negatives_NK = sample_negatives(mask_BT, 100, torch.tensor([1, 2, 3, 4]))
+    N = len(b_N)
+    pred_NC = torch.randn(N, 16, dtype=torch.float64, requires_grad=True)
+    target_NC = torch.randn(N, 16, dtype=torch.float64, requires_grad=True)
+    codes_NG = torch.randint(0, 4, (N, 2))  # few codes: many distractors share the target's
+    got = contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+    want = _gathered_logits(pred_NC, target_NC, negatives_NK, codes_NG, 0.1)
+    assert got.shape == (N, 101)
+    assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.isinf(got).any()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(contrastive_sum(got)[0], (pred_NC, target_NC))
+    wants = torch.autograd.grad(contrastive_sum(want)[0], (pred_NC, target_NC))
+    for g, w in zip(grads, wants):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_contrastive_logits_mask_distractors_equal_to_positive() -> None:
     target_NC = torch.randn(3, 8)
-    negatives_NKC = torch.randn(3, 4, 8)
-    negatives_NKC[1, 2] = target_NC[1]
-    logits_NK = contrastive_logits(target_NC, target_NC, negatives_NKC, 0.1)
+    codes_NG = torch.tensor([[0, 1], [2, 3], [2, 4]])
+    b_N = torch.zeros(3, dtype=torch.long)
+    negatives_NK = torch.tensor([[1, 2, 1, 2], [0, 2, 0, 2], [0, 1, 0, 1]])
+    codes_NG[2] = codes_NG[1]  # frame 2 quantizes like frame 1: they are each other's positive
+    logits_NK = contrastive_logits(target_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
     assert logits_NK.shape == (3, 5)
-    assert logits_NK[1, 3] == float("-inf") and torch.isfinite(logits_NK[0]).all()
+    assert torch.isinf(logits_NK[1, 2]) and torch.isinf(logits_NK[2, 2]) and torch.isfinite(logits_NK[0]).all()
     torch.testing.assert_close(logits_NK[:, 0], torch.full((3,), 10.0))
     loss, correct = contrastive_sum(logits_NK)
     assert correct == 3 and loss > 0

@@ -25,6 +25,8 @@ class QuantizerOutput:
 
     codevectors_NE: torch.Tensor
     """Concatenated chosen entries, (N, G*E)."""
+    codes_NG: torch.Tensor
+    """Index of the chosen entry in each codebook, int64 (N, G): equal codes mean equal codevectors."""
     prob_perplexity: torch.Tensor
     """Sum over codebooks of exp(entropy) of the mean SOFT distribution (used by the diversity loss)."""
     code_perplexity: torch.Tensor
@@ -79,6 +81,7 @@ class GumbelQuantizer(nn.Module):
         codevectors_NGE = torch.einsum("ngv,gve->nge", onehot_NGV, book_GVE)
         return QuantizerOutput(
             codevectors_NE=codevectors_NGE.reshape(N, book_GVE.shape[0] * book_GVE.shape[2]),
+            codes_NG=index_NG1.squeeze(-1),
             prob_perplexity=perplexity(soft_NGV),
             code_perplexity=perplexity(hard_NGV.detach()),
         )
