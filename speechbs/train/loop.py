@@ -88,11 +88,12 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     state = TrainState()
     log = MetricsLogger(run_dir, enabled=ctx.is_main, total_steps=cfg.train.num_steps,
                         log_every=cfg.train.log_every)
+    autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
 
     # --- restore ------------------------------------------------------------------
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
-        state = _restore(load_checkpoint(latest), task.model, optimizer, planner)
+        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler)
         log.message(f"resumed from {latest} at step {state.step} ({state.hours_seen:.3f} h seen)")
     if state.step >= cfg.train.num_steps:
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
@@ -107,7 +108,6 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
                        num_workers=cfg.data.num_workers, targets=task.targets,
                        pin_memory=ctx.device.type == "cuda")
-    autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
@@ -147,7 +147,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
             log.log_step(state.step, scores, kind="valid")
             if task.best_metric and _improves(task, scores, best_score(ckpt_dir)):
                 if ctx.is_main:
-                    save_best(ckpt_dir, state.step, _state_dict(cfg, task.model, optimizer, planner, state),
+                    save_best(ckpt_dir, state.step,
+                              _state_dict(cfg, task.model, optimizer, planner, state, grad_scaler),
                               metric=task.best_metric, value=scores[task.best_metric])
                     log.message(f"new best {task.best_metric} {scores[task.best_metric]:.4g} at step {state.step}")
                 ctx.barrier()
@@ -160,7 +161,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         if (milestone or stopping or state.step == cfg.train.num_steps
                 or state.step % max(cfg.train.checkpoint_every, 1) == 0):
             if ctx.is_main:
-                save_checkpoint(ckpt_dir, state.step, _state_dict(cfg, task.model, optimizer, planner, state),
+                save_checkpoint(ckpt_dir, state.step,
+                                _state_dict(cfg, task.model, optimizer, planner, state, grad_scaler),
                                 keep_last=cfg.train.keep_last, milestone=milestone)
             ctx.barrier()
         if stopping:
@@ -204,7 +206,7 @@ def _improves(task: Task, scores: dict[str, float], best: dict[str, Any] | None)
 
 
 def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
-                state: TrainState) -> dict:
+                state: TrainState, grad_scaler: torch.amp.GradScaler | None) -> dict:
     # No RNG state: every step reseeds from (seed, step, rank), and masks, distractors and
     # Gumbel noise are keyed by per-utterance seeds, so the step number is all a resume needs.
     return {
@@ -215,14 +217,19 @@ def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, pl
         "hours_seen": state.hours_seen,
         "num_skipped": state.num_skipped,
         "grad_noise": state.noise.state_dict(),
+        # fp16 only: the loss scale it has settled on (bf16 and fp32 need none).
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
         "config_toml": dump_toml(cfg),
     }
 
 
-def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner) -> TrainState:
+def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
+             grad_scaler: torch.amp.GradScaler | None) -> TrainState:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     planner.load_state_dict(ckpt["planner"])
+    if grad_scaler is not None and ckpt.get("grad_scaler"):
+        grad_scaler.load_state_dict(ckpt["grad_scaler"])
     state = TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
                        num_skipped=int(ckpt["num_skipped"]))
     if "grad_noise" in ckpt:
