@@ -6,8 +6,9 @@ subdirectories are run directories. Per pretraining run the row holds the
 batch (``config.toml`` batch.seconds), the peak LR (optim.lr, lr_rule,
 reference_seconds), steps and hours seen (the last train row of
 ``metrics.jsonl``), the final train loss (mean of the last N train rows), the
-final valid loss (the last valid row), the gradient noise scale (median of the
-last N measurements of ``grad_noise_scale_s``), and WER/CER from every
+final valid loss (the last valid row), the gradient noise scale and the
+gradient std (medians of the last N measurements of ``grad_noise_scale_s`` and
+``grad_std``), and WER/CER from every
 ``decode/<split>/<test>/score.json`` of a sweep point. Anything missing is
 None in the row and a line in ``notes``, never an exception.
 """
@@ -55,6 +56,9 @@ class RunRow:
     train_loss: float | None = None
     valid_loss: float | None = None
     grad_noise_s: float | None = None
+    """Gradient noise scale B_simple, s of audio."""
+    grad_std: float | None = None
+    """Per-parameter std of the step's gradient, averaged over parameters (the seed study's figure)."""
     scores: list[Score] = field(default_factory=list)
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     """(step, hours seen, train loss) for every train row: the loss curve plots."""
@@ -131,13 +135,19 @@ def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_
         row.train_loss = statistics.fmean(losses) if losses else None
         row.curve = [(int(r["step"]), float(r.get("hours_seen", math.nan)), float(r["loss"]))
                      for r in train if _finite(r.get("loss"))]
-        noise = [r["grad_noise_scale_s"] for r in train if _finite(r.get("grad_noise_scale_s"))]
-        row.grad_noise_s = statistics.median(noise[-last_rows:]) if noise else None
+        row.grad_noise_s = _last_median(train, "grad_noise_scale_s", last_rows)
+        row.grad_std = _last_median(train, "grad_std", last_rows)
     if valid:
         row.valid_loss = _number(valid[-1].get("loss"))
     if row.steps is not None and row.num_steps and row.steps < row.num_steps:
         notes.append(f"{label}: pretraining stopped at step {row.steps} of {row.num_steps} (unfinished)")
     return row
+
+
+def _last_median(rows: list[dict], key: str, last_rows: int) -> float | None:
+    """Median of the last ``last_rows`` finite values of ``key`` (measured every k steps only)."""
+    values = [r[key] for r in rows if _finite(r.get(key))]
+    return statistics.median(values[-last_rows:]) if values else None
 
 
 def _peak_lr(optim: dict[str, Any], batch_s: float | None) -> float | None:

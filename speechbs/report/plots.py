@@ -3,8 +3,9 @@
 - ``wer_vs_batch.png``: WER of each (split, test) against the pretraining batch, log x;
 - ``wer_vs_hours.png``: WER against hours of audio seen in pretraining (final and milestone
   checkpoints), log x: the seed study's "data seen" view;
-- ``grad_noise_vs_batch.png``: the gradient noise scale B_simple (s of audio) against the batch,
-  log-log, with the 1/sqrt(2)-per-doubling slope the seed study found up to ~40 min for reference;
+- ``grad_noise_vs_batch.png``: the per-parameter gradient std against the batch, log-log, with
+  the 1/sqrt(2)-per-doubling slope the seed study found up to ~40 min, and beside it the
+  gradient noise scale B_simple (s of audio) against the batch with the B_simple = batch line;
 - ``loss_curves.png``: pretraining train loss per batch size against steps and against hours seen.
 
 A plot with nothing to show is still written, with a line saying what is missing.
@@ -84,24 +85,39 @@ def _wer_vs_hours(plt, collected: Collected):
 
 
 def _noise_vs_batch(plt, collected: Collected):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    points = sorted((r.batch_s, r.grad_noise_s) for r in collected.rows
-                    if r.batch_s is not None and r.grad_noise_s is not None and r.grad_noise_s > 0)
-    ax.set_xlabel("pretraining batch (s of audio per step)")
-    ax.set_ylabel("gradient noise scale B_simple (s)")
-    ax.set_title("gradient noise vs batch size")
-    if points:
+    """Left: gradient std against the batch (the seed study's figure); right: B_simple against it.
+
+    The std of a step's gradient falls as 1/sqrt(batch) while the batch is noise-dominated (the
+    dashed slope); where it stops falling, more audio per step no longer buys a better gradient.
+    B_simple is a property of the model at that point of training, not of the batch: a point
+    above the dashed diagonal (batch = B_simple) trained below its critical batch, one below it
+    beyond.
+    """
+    fig, (std_ax, scale_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    missing = ("(set train.grad_noise_every > 0;\nneeds >= 2 micro-batches per step)")
+    for ax, attr, ylabel, title in (
+            (std_ax, "grad_std", "gradient std per parameter", "gradient std vs batch size"),
+            (scale_ax, "grad_noise_s", "gradient noise scale B_simple (s)", "critical batch estimate vs batch")):
+        ax.set_xlabel("pretraining batch (s of audio per step)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        points = sorted((r.batch_s, getattr(r, attr)) for r in collected.rows
+                        if r.batch_s is not None and getattr(r, attr) is not None and getattr(r, attr) > 0)
+        if not points:
+            _empty(ax, f"no {'grad_std' if attr == 'grad_std' else 'grad_noise_scale_s'} in metrics.jsonl\n"
+                       + missing)
+            continue
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", label="measured (median of the last rows)")
-        # Reference slope: a factor 1/sqrt(2) per doubling of the batch, through the first point.
-        ax.plot(xs, [ys[0] * (x / xs[0]) ** -0.5 for x in xs], linestyle="--", color="gray",
-                label="1/sqrt(2) per doubling")
+        if attr == "grad_std":  # pure noise: a factor 1/sqrt(2) per doubling, through the first point
+            ax.plot(xs, [ys[0] * (x / xs[0]) ** -0.5 for x in xs], linestyle="--", color="gray",
+                    label="1/sqrt(2) per doubling")
+        else:
+            low, high = min(min(xs), min(ys)), max(max(xs), max(ys))
+            ax.plot([low, high], [low, high], linestyle="--", color="gray", label="B_simple = batch")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.legend()
-    else:
-        _empty(ax, "no grad_noise_scale_s in metrics.jsonl\n(set train.grad_noise_every > 0; "
-                   "needs >= 2 micro-batches per step)")
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -13,10 +13,10 @@ import io
 from speechbs.report.collect import Collected, RunRow
 
 BASE_COLUMNS = ["run", "batch_s", "batch_min", "peak_lr", "steps", "hours_seen", "train_loss", "valid_loss",
-                "grad_noise_s"]
+                "grad_noise_s", "grad_std"]
 HEADERS = {"run": "run", "batch_s": "batch (s)", "batch_min": "batch (min)", "peak_lr": "peak LR",
            "steps": "steps", "hours_seen": "hours seen", "train_loss": "final train loss",
-           "valid_loss": "final valid loss", "grad_noise_s": "grad noise B (s)"}
+           "valid_loss": "final valid loss", "grad_noise_s": "grad noise B (s)", "grad_std": "grad std"}
 
 
 def score_columns(collected: Collected) -> list[tuple[str, str]]:
@@ -37,7 +37,7 @@ def table_rows(collected: Collected) -> tuple[list[str], list[list[float | int |
     for row in collected.rows:
         line: list[float | int | str | None] = [
             row.label, row.batch_s, None if row.batch_s is None else row.batch_s / 60, row.peak_lr, row.steps,
-            row.hours_seen, row.train_loss, row.valid_loss, row.grad_noise_s]
+            row.hours_seen, row.train_loss, row.valid_loss, row.grad_noise_s, row.grad_std]
         for split, test in pairs:
             score = _final_score(row, split, test)
             line += [score.wer if score else None, score.cer if score else None]

@@ -24,6 +24,7 @@ def write_point(root: Path, name: str, batch_s: float, *, noise: bool = True, we
         row = {"step": step, "kind": "train", "loss": float(step), "hours_seen": step * batch_s / 3600}
         if noise and step % 5 == 0:
             row["grad_noise_scale_s"] = batch_s * step  # median of the last rows is easy to check
+            row["grad_std"] = step / batch_s
         rows.append(row)
     rows.append({"step": 20, "kind": "valid", "loss": 3.25})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 21, "lo')
@@ -54,7 +55,8 @@ def test_table_values_come_from_the_run_directories(sweep_root):
     assert row.valid_loss == 3.25
     assert row.peak_lr == pytest.approx(5e-4 * (600 / 6000) ** 0.5)
     assert row.grad_noise_s == pytest.approx(600 * 12.5)  # median of 3000, 6000, 9000, 12000
-    assert rows["bs87.5s"].grad_noise_s is None
+    assert row.grad_std == pytest.approx(12.5 / 600)
+    assert rows["bs87.5s"].grad_noise_s is None and rows["bs87.5s"].grad_std is None
     assert any("unreadable line" in n for n in collected.notes)
     assert any("bs6000s" in n and "not fine-tuned" in n for n in collected.notes)
 
