@@ -333,6 +333,10 @@ class FinetuneConfig:
     """What the summed CTC loss is divided by: utterances (fairseq ``sentence_avg``, its fine-tuning
     default) or target characters."""
 
+    best_metric: Literal["wer", "cer", "loss"] = "wer"
+    """Validation metric (lower is better) that selects ``checkpoints/best.pt``, which decoding uses:
+    fairseq's ``wer``; ``cer`` where every model is still near 100% WER (tiny models, short runs)."""
+
     def __post_init__(self) -> None:
         _require(self.freeze_steps >= 0, "finetune.freeze_steps", "must be >= 0")
         for key in ("final_dropout", "mask_prob", "mask_channel_prob", "layerdrop", "dropout",

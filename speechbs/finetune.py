@@ -174,7 +174,7 @@ def build_finetune_task(cfg: Any, ctx: DistContext, init_state: dict[str, torch.
     return Task(model=model, forward=functools.partial(_forward, cfg=cfg, ctx=ctx), metrics=_metrics,
                 step_logs=lambda step: {"encoder_frozen": float(step < ft.freeze_steps)}, validate=validate,
                 find_unused_parameters=ft.freeze_steps > 0 or getattr(cfg.model.arch, "layerdrop", 0) > 0,
-                targets=targets, best_metric="wer" if validate else "", best_mode="min")
+                targets=targets, best_metric=ft.best_metric if validate else "", best_mode="min")
 
 
 def freeze_unused(model: nn.Module, sample_rate_hz: int) -> None:

@@ -33,6 +33,7 @@ def test_recipe_and_overrides(tmp_path):
     ("batch.seconds=-1", ["batch.seconds", "> 0"]),
     ("batch", ["expected section.key=value"]),
     ("batch=3", ["batch is a section"]),
+    ("finetune.best_metric=bleu", ["finetune.best_metric", "'wer', 'cer', 'loss'"]),
 ])
 def test_bad_values_name_the_key(override, words):
     with pytest.raises(ConfigError) as err:
