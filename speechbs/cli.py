@@ -2,10 +2,8 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
 Modules are imported only when their command runs, so ``speechbs --help`` is
-fast (no torch import). Before a command runs, glibc's malloc is told to keep
-freed tensor memory (:mod:`speechbs.host_malloc`). A
-:class:`~speechbs.errors.SpeechbsError` is printed as one clear line and exits
-with status 2; a traceback means a bug in speechbs.
+fast (no torch import). A :class:`~speechbs.errors.SpeechbsError` is printed as
+one clear line and exits with status 2; a traceback means a bug in speechbs.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import sys
 
 from speechbs import __version__
 from speechbs.errors import SpeechbsError
-from speechbs.host_malloc import tune_host_malloc
 
 # name -> (module, one-line help). The order is the order of `speechbs --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     name, rest = argv[0], argv[1:]
-    tune_host_malloc()  # before torch allocates anything; see speechbs/host_malloc.py
     module = importlib.import_module(COMMANDS[name][0])
     command_parser = argparse.ArgumentParser(prog=f"speechbs {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
