@@ -1,6 +1,7 @@
 """wav2vec 2.0's contrastive task and its auxiliary terms (Baevski et al. 2020, section 3.2).
 
-Legend: N masked frames, K distractors, C final_dim channels, G codebooks, V entries.
+Legend: N masked frames, K distractors, C final_dim channels, G codebooks, V entries,
+B utterances (rows), M masked frames of the row with the most.
 
 All terms are returned as SUMS over targets (masked frames) where they are
 per-target quantities, so the step engine can add micro-batches and ranks and
