@@ -161,6 +161,26 @@ def test_contrastive_logits_equal_gathered_distractors_values_and_gradients() ->
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+def test_contrastive_logits_stay_fp32_under_autocast() -> None:
+    """fairseq takes the cosine logits in fp32; autocast must not run the similarity matmul in bf16."""
+    torch.manual_seed(0)
+    b_N = torch.tensor([0] * 40 + [1] * 30)
+    mask_BT = torch.zeros(2, 50, dtype=torch.bool)
+    mask_BT[0, :40], mask_BT[1, :30] = True, True
+    negatives_NK = sample_negatives(mask_BT, 20, torch.tensor([1, 2]))
+    pred_NC, target_NC = torch.randn(70, 32), torch.randn(70, 32)
+    codes_NG = torch.arange(140).view(70, 2)
+    want = contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_logits(pred_NC.bfloat16(), target_NC.bfloat16(), b_N, negatives_NK, codes_NG, 0.1)
+    assert got.dtype == torch.float32
+    # Only the inputs' rounding to bf16 remains (~3 significant digits of each vector).
+    torch.testing.assert_close(got, want, rtol=0, atol=0.15)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same = contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+    torch.testing.assert_close(same, want, rtol=1e-6, atol=1e-5)
+
+
 def test_contrastive_logits_mask_distractors_equal_to_positive() -> None:
     target_NC = torch.randn(3, 8)
     codes_NG = torch.tensor([[0, 1], [2, 3], [2, 4]])

@@ -42,7 +42,8 @@ def contrastive_logits(pred_NC: torch.Tensor, target_NC: torch.Tensor, b_N: torc
     pred_BMC = unit_pred_NC.new_zeros(num_rows, width, pred_NC.shape[-1]).index_put((b_N, rank_N), unit_pred_NC)
     target_BMC = unit_target_NC.new_zeros(num_rows, width, target_NC.shape[-1]).index_put((b_N, rank_N),
                                                                                        unit_target_NC)
-    sim_BMM = torch.bmm(pred_BMC, target_BMC.transpose(1, 2))
+    with torch.autocast(pred_NC.device.type, enabled=False):  # autocast would run bmm in bf16/fp16
+        sim_BMM = torch.bmm(pred_BMC, target_BMC.transpose(1, 2))
     candidates_NK = torch.cat([rank_N.view(-1, 1), negatives_NK - first_B[b_N].view(-1, 1)], dim=1)
     logits_NK = sim_BMM[b_N.view(-1, 1), rank_N.view(-1, 1), candidates_NK] / temperature
     neg_is_pos_NK = (codes_NG[negatives_NK] == codes_NG.unsqueeze(1)).all(dim=-1)
