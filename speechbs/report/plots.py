@@ -94,18 +94,18 @@ def _noise_vs_batch(plt, collected: Collected):
     beyond.
     """
     fig, (std_ax, scale_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    missing = ("(set train.grad_noise_every > 0;\nneeds >= 2 micro-batches per step)")
-    for ax, attr, ylabel, title in (
-            (std_ax, "grad_std", "gradient std per parameter", "gradient std vs batch size"),
-            (scale_ax, "grad_noise_s", "gradient noise scale B_simple (s)", "critical batch estimate vs batch")):
+    for ax, attr, key, ylabel, title in (
+            (std_ax, "grad_std", "grad_std", "gradient std per parameter", "gradient std vs batch size"),
+            (scale_ax, "grad_noise_s", "grad_noise_scale_s", "gradient noise scale B_simple (s)",
+             "critical batch estimate vs batch")):
         ax.set_xlabel("pretraining batch (s of audio per step)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         points = sorted((r.batch_s, getattr(r, attr)) for r in collected.rows
                         if r.batch_s is not None and getattr(r, attr) is not None and getattr(r, attr) > 0)
         if not points:
-            _empty(ax, f"no {'grad_std' if attr == 'grad_std' else 'grad_noise_scale_s'} in metrics.jsonl\n"
-                       + missing)
+            _empty(ax, f"no {key} in metrics.jsonl\n(set train.grad_noise_every > 0;\n"
+                       "needs >= 2 micro-batches per step)")
             continue
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", label="measured (median of the last rows)")
