@@ -1,6 +1,6 @@
 """The four report plots (matplotlib, Agg backend: no display needed).
 
-- ``wer_vs_batch.png``: WER of each (split, test) against the pretraining batch, log x;
+- ``wer_vs_batch.png``: WER (and CER, dashed) of each (split, test) against the pretraining batch, log x;
 - ``wer_vs_hours.png``: WER against hours of audio seen in pretraining (final and milestone
   checkpoints), log x: the seed study's "data seen" view;
 - ``grad_noise_vs_batch.png``: the per-parameter gradient std against the batch, log-log, with
@@ -47,15 +47,16 @@ def _wer_vs_batch(plt, collected: Collected):
     fig, ax = plt.subplots(figsize=(6, 4))
     pairs = score_columns(collected)
     for split, test in pairs:
-        points = sorted((r.batch_s, s.wer) for r in collected.rows for s in r.scores
-                        if r.batch_s is not None and s.wer is not None and s.milestone_h is None
-                        and s.split == split and s.test == test)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=f"{split} / {test}")
+        for metric, style in (("wer", "-"), ("cer", "--")):  # CER too: small models sit near 100% WER
+            points = sorted((r.batch_s, getattr(s, metric)) for r in collected.rows for s in r.scores
+                            if r.batch_s is not None and getattr(s, metric) is not None and s.milestone_h is None
+                            and s.split == split and s.test == test)
+            if points:
+                ax.plot(*zip(*points), marker="o", linestyle=style, label=f"{metric.upper()} {split} / {test}")
     ax.set_xscale("log")
     ax.set_xlabel("pretraining batch (s of audio per step)")
-    ax.set_ylabel("WER (%)")
-    ax.set_title("WER vs batch size")
+    ax.set_ylabel("WER (solid) / CER (dashed), %")
+    ax.set_title("WER and CER vs batch size")
     if pairs:
         ax.legend(title="fine-tune / test")
     else:
