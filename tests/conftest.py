@@ -35,3 +35,13 @@ def yesno_dir() -> Path:
 def ljspeech_dir() -> Path:
     """LJ Speech sample: 32 WAVs, 22.05 kHz, 1.8-10 s."""
     return shared_dataset("ljspeech_sample")
+
+
+@pytest.fixture(scope="session")
+def builtin_corpus_2min(tmp_path_factory) -> dict[str, Path]:
+    """Manifests (train/valid/test) of 2 min of the built-in corpus, seed 3; built once, read only."""
+    pytest.importorskip("espeakng_loader", reason="the built-in corpus needs espeakng-loader")
+    from speechbs.data.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("builtin_2min")
+    return build_corpus(root / "audio", root / "manifests", minutes=2, seed=3, num_workers=2).manifests

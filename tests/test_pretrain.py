@@ -151,18 +151,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(digits_manifests, tmp_
 
 
 @pytest.mark.slow
-def test_pretrain_runs_end_to_end_on_the_builtin_corpus(tmp_path):
+def test_pretrain_runs_end_to_end_on_the_builtin_corpus(builtin_corpus_2min, tmp_path):
     """A full run on synthetic speech: validation, TensorBoard and accounting are written.
 
     It asserts that the total loss falls, not that contrastive accuracy rises: the tiny model
-    stays near chance (ln 101) on its contrastive term for the first hundred-odd steps, as
-    wav2vec 2.0 does early in training, and this test is only 30 steps long.
+    stays near chance (ln 101) on its contrastive term for its first ~50 steps, as wav2vec 2.0
+    does early in training, and this test is only 30 steps long (the plateau test below runs 80).
     """
-    pytest.importorskip("espeakng_loader", reason="the built-in corpus needs espeakng-loader")
-    from speechbs.data.corpus import build_corpus
-
-    summary = build_corpus(tmp_path / "audio", tmp_path / "manifests", minutes=2, seed=3, num_workers=2)
-    manifests = summary.manifests
+    manifests = builtin_corpus_2min
     sets = [f"data.train_manifest={manifests['train']}", f"data.valid_manifest={manifests['valid']}",
             f"run.output_dir={tmp_path}", "run.name=learn", "train.num_steps=30", "batch.seconds=20",
             "batch.max_device_seconds=5", "batch.crop=max", "batch.crop_max_seconds=5", "train.valid_every=15", "schedule.warmup_steps=8", "data.num_workers=0",

@@ -15,13 +15,10 @@ from speechbs.sweep import SubprocessRunner, plan_sweep, run_sweep
 
 
 @pytest.mark.slow
-def test_two_point_sweep_end_to_end_with_real_stages(tmp_path):
-    pytest.importorskip("espeakng_loader", reason="the built-in corpus needs espeakng-loader")
+def test_two_point_sweep_end_to_end_with_real_stages(builtin_corpus_2min, tmp_path):
     pytest.importorskip("jiwer", reason="speechbs score needs jiwer")
     pytest.importorskip("matplotlib", reason="the report's plots need matplotlib")
-    from speechbs.data.corpus import build_corpus
-
-    m = build_corpus(tmp_path / "audio", tmp_path / "manifests", minutes=2, seed=3, num_workers=2).manifests
+    m = builtin_corpus_2min
     (tmp_path / "pre.toml").write_text(
         f'[data]\ntrain_manifest = "{m["train"]}"\nvalid_manifest = ""\nnum_workers = 0\n'
         '[model]\nsize = "tiny"\nmask_length = 1\n[batch]\nseconds = 16\nmax_device_seconds = 16\n'
