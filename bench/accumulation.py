@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -44,18 +41,12 @@ from speechbs.data.loader import AudioBatch
 from speechbs.dist import DistContext
 from speechbs.models.registry import MODELS
 from speechbs.pretrain import build_pretrain_task
+from speechbs.rundir import environment
 from speechbs.train import step as step_module
 from speechbs.train.step import precision_context, train_step
 
 RATE_HZ = 16_000
 TARGET = 0.03
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    return {"platform": platform.platform(), "machine": platform.machine(), "device": device,
-            "device_name": name, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
 
 
 def split_batch(num_rows: int, utterance_s: float, num_micro: int, device: str) -> list[AudioBatch]:
@@ -204,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bench.optimizer.zero_grad(set_to_none=True)
             row["syncs_bare_loop"] = count_syncs(bench.bare_loop, configs[row["k"]])
             bench.optimizer.zero_grad(set_to_none=True)
-    info = machine_info(args.device)
+    info = environment(args.device)
     print(f"wav2vec2 {args.size}, {args.precision}, global batch {num_rows} x {args.utterance_seconds:g} s = "
           f"{num_rows * args.utterance_seconds:g} s, median of {args.repeats}, {info['device_name']}, "
           f"{info['threads']} threads, torch {info['torch']}, {info['date']}\n")

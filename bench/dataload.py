@@ -25,10 +25,7 @@ Usage: python bench/dataload.py [--manifest PATH] [--files-per-format 24] [--wor
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import tempfile
 import time
 import warnings
@@ -37,21 +34,15 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
 from speechbs.data.loader import build_planner, eval_micro_batches, iter_steps
 from speechbs.data.manifest import Manifest, read_manifest
+from speechbs.rundir import environment
 
 FORMATS = (("wav", 16_000), ("flac", 16_000), ("wav", 22_050), ("flac", 44_100))
 TARGET_X = 2_000.0
-
-
-def machine_info() -> dict[str, Any]:
-    return {"platform": platform.platform(), "machine": platform.machine(), "device": "cpu",
-            "device_name": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "soundfile": sf.__version__, "date": datetime.date.today().isoformat()}
 
 
 def synthetic_corpus(root: Path, files_per_format: int, seed: int = 0) -> Manifest:
@@ -143,7 +134,7 @@ def print_tables(result: dict[str, Any], args: argparse.Namespace) -> None:
         verdict = "met" if r["micro_batch_x"] >= TARGET_X else "missed"
         print(f"| {r['format']} | {r['num_files']} | {r['audio_s']:.0f} | {r['decode_x']:,.0f} | "
               f"{r['load_audio_x']:,.0f} | {r['micro_batch_x']:,.0f} | {verdict} |")
-    print(f"\n| num_workers | audio s delivered | x real time | per worker x RT | target >= 2,000x per worker |")
+    print("\n| num_workers | audio s delivered | x real time | per worker x RT | target >= 2,000x per worker |")
     print("|---|---|---|---|---|")
     for r in result["loader"]:
         per = r["x"] / max(r["num_workers"], 1)
@@ -187,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(tmp), args.files_per_format)
         result: dict[str, Any] = {
             "manifest": args.manifest or "synthetic", "batch_seconds": args.batch_seconds,
-            "max_device_seconds": args.max_device_seconds, "machine": machine_info(),
+            "max_device_seconds": args.max_device_seconds, "machine": {**environment("cpu"), "soundfile": sf.__version__},
             "formats": per_format(manifest, audio_cfg, batch_cfg),
             "loader": [{"num_workers": w, **loader_rate(manifest, audio_cfg, batch_cfg, w, args.steps)}
                        for w in args.workers],

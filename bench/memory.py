@@ -24,11 +24,8 @@ Usage: python bench/memory.py [--size tiny] [--micro-seconds 5 10 20 40 80] [--u
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import os
-import platform
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,18 +39,12 @@ from speechbs.data.loader import AudioBatch
 from speechbs.dist import DistContext
 from speechbs.models.registry import MODELS
 from speechbs.pretrain import build_pretrain_task
+from speechbs.rundir import environment
 from speechbs.train.loop import Task
 from speechbs.train.step import precision_context, train_step
 
 RATE_HZ = 16_000
 MB = 2 ** 20
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    return {"platform": platform.platform(), "machine": platform.machine(), "device": device,
-            "device_name": name, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
 
 
 def build_task(size: str, device: str) -> tuple[Task, DistContext]:
@@ -229,7 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.manual_seed(0)
-    info = machine_info(args.device)
+    info = environment(args.device)
     result: dict[str, Any] = {"size": args.size, "precision": args.precision,
                               "utterance_seconds": args.utterance_seconds, "machine": info}
     if args.find_max:

@@ -1,4 +1,4 @@
-"""Training throughput: speechbs against Hugging Face transformers, same configuration, same inputs.
+"""Training throughput: speechbs against Hugging Face transformers (and torchaudio), same configuration, same inputs.
 
 One training step = forward + backward + AdamW step on a batch of B utterances of
 S seconds of random audio, in this process, one implementation after the other
@@ -8,36 +8,92 @@ S seconds of random audio, in this process, one implementation after the other
   distractors and Gumbel noise are drawn inside the forward) against
   ``Wav2Vec2ForPreTraining`` (its masks and distractors come from transformers'
   numpy helpers, counted in its step time, as its training scripts do).
-- HuBERT: transformers has no HuBERT pretraining loss, so both sides run the encoder
-  (speechbs ``HubertModel.encode`` vs ``HubertModel``) with the same mean-square loss
-  on its output; this compares the shared feature encoder + transformer.
+- HuBERT: transformers and torchaudio have no HuBERT pretraining loss that takes
+  the same inputs, so every side runs the encoder (speechbs ``HubertModel.encode``,
+  transformers ``HubertModel``, torchaudio ``wav2vec2_model``: the same conv
+  feature encoder + transformer) with the same mean-square loss on its output.
 
-Usage: python bench/throughput.py [--sizes tiny base] [--batch 4] [--seconds 4] [--repeats 5] [--json out.json]
+Each row is one (model, size, precision, compile) setting. ``--precision bf16``
+runs every side under bf16 autocast (speechbs through its training precision
+context); ``--compile on`` wraps every side's model in ``torch.compile`` (its
+compile time is reported apart, not in the step time). On CUDA the step is timed
+between two synchronizations. "TFLOP/s" is speechbs' model FLOPs per step
+(counted once by ``torch.utils.flop_counter`` over forward + backward) over its
+step time; MFU divides that by the device's dense peak for the precision
+(``--peak-tflops`` overrides the built-in table of NVIDIA data-center GPUs).
+
+Usage: python bench/throughput.py [--sizes tiny base] [--models wav2vec2 hubert] [--device cpu|cuda]
+       [--precision fp32 bf16] [--compile off on] [--against transformers torchaudio]
+       [--batch 4] [--seconds 4] [--repeats 5] [--peak-tflops X] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import platform
 import statistics
 import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from speechbs.models import convert
 from speechbs.models.hubert import HubertModel
 from speechbs.models.wav2vec2 import Wav2Vec2Model
+from speechbs.rundir import environment
+from speechbs.train.step import precision_context
 
 RATE_HZ = 16_000
 TINY = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192,
             conv_dim=(64,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
             codevector_dim=64, proj_codevector_dim=64, num_codevectors_per_group=32)
-# Dropout and layer drop off on both sides: the comparison is of the computation, not of RNG use.
+# Dropout and layer drop off on every side: the comparison is of the computation, not of RNG use.
 COMMON = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
               feat_quantizer_dropout=0.0, layerdrop=0.0, mask_time_prob=0.65, mask_time_length=10,
               num_negatives=100, feat_extract_norm="group", do_stable_layer_norm=False)
+# Dense (no sparsity) peak TFLOP/s by device-name fragment: bf16 tensor cores, and fp32 without
+# TF32 (torch's default for matmuls). From NVIDIA's data sheets (SXM parts).
+PEAK_TFLOPS = {"H200": {"bf16": 989.4, "fp32": 66.9}, "H100": {"bf16": 989.4, "fp32": 66.9},
+               "A100": {"bf16": 312.0, "fp32": 19.5}, "V100": {"bf16": float("nan"), "fp32": 15.7}}
+
+Step = Callable[[], None]
+
+
+@dataclass
+class Setting:
+    device: torch.device
+    precision: str
+    compile: bool
+    batch: int
+    samples: int
+
+    def reference_autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the reference implementations (speechbs uses its own precision context)."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def audio(self) -> tuple[torch.Tensor, torch.Tensor]:
+        wav_BT = 0.1 * torch.randn(self.batch, self.samples, generator=torch.Generator().manual_seed(0))
+        return wav_BT.to(self.device), torch.full((self.batch,), self.samples, device=self.device)
+
+
+@dataclass
+class Contenders:
+    """The step functions of one row: speechbs first, then each reference (None: skipped, with why)."""
+
+    ours: Step
+    ours_flops_step: Step
+    """speechbs' forward + backward without the optimizer, eager: what the FLOP counter runs."""
+    references: dict[str, Step | None] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def maybe_compile(module: torch.nn.Module, setting: Setting) -> torch.nn.Module:
+    return torch.compile(module) if setting.compile else module  # type: ignore[return-value]
 
 
 def hf_config(kind: str, size: str):
@@ -47,7 +103,13 @@ def hf_config(kind: str, size: str):
     return cls(**COMMON, **(TINY if size == "tiny" else {}))
 
 
-def wav2vec2_pair(size: str, batch: int, samples: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def wav2vec2_contenders(size: str, setting: Setting, against: list[str]) -> Contenders:
     from transformers import Wav2Vec2ForPreTraining
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
@@ -56,32 +118,51 @@ def wav2vec2_pair(size: str, batch: int, samples: int) -> tuple[Callable[[], Non
     ours_cfg, state = convert.from_hf_wav2vec2(hf, cfg)
     ours = Wav2Vec2Model(ours_cfg).train()
     ours.load_state_dict(state)
-    wav_BT = 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(0))
-    lengths_B = torch.full((batch,), samples)
-    seeds_B = torch.arange(batch)
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5)
-    num_frames = int(hf._get_feat_extract_output_lengths(samples))
+    hf, ours = hf.to(setting.device), ours.to(setting.device)
+    wav_BT, lengths_B = setting.audio()
+    seeds_B = torch.arange(setting.batch, device=setting.device)
+    num_frames = int(hf._get_feat_extract_output_lengths(setting.samples))
+    autocast, _ = precision_context(setting.device, setting.precision)
+    run_ours, run_hf = maybe_compile(ours, setting), maybe_compile(hf, setting)
+    opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
+
+    def loss_ours(model: torch.nn.Module) -> torch.Tensor:
+        with autocast() if autocast else contextlib.nullcontext():
+            return model(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=2.0).loss.loss_sum
 
     def step_hf() -> None:
-        mask = _compute_mask_indices((batch, num_frames), mask_prob=0.65, mask_length=10, min_masks=2)
-        negatives = _sample_negative_indices((batch, num_frames), 100, mask_time_indices=mask)
-        out = hf(wav_BT, mask_time_indices=torch.from_numpy(mask),
-                 sampled_negative_indices=torch.from_numpy(negatives))
-        opt_hf.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt_hf.step()
+        mask = _compute_mask_indices((setting.batch, num_frames), mask_prob=0.65, mask_length=10, min_masks=2)
+        negatives = _sample_negative_indices((setting.batch, num_frames), 100, mask_time_indices=mask)
+        with setting.reference_autocast():
+            out = run_hf(wav_BT, mask_time_indices=torch.from_numpy(mask).to(setting.device),
+                         sampled_negative_indices=torch.from_numpy(negatives).to(setting.device))
+        optimizer_step(out.loss, opt_hf)
 
-    def step_ours() -> None:
-        out = ours(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=2.0)
-        opt_ours.zero_grad(set_to_none=True)
-        out.loss.loss_sum.backward()
-        opt_ours.step()
+    contenders = Contenders(ours=lambda: optimizer_step(loss_ours(run_ours), opt_ours),
+                            ours_flops_step=lambda: loss_ours(ours).backward())
+    for name in against:
+        if name == "transformers":
+            contenders.references[name] = step_hf
+        else:
+            contenders.skipped[name] = "no wav2vec 2.0 pretraining loss"
+    return contenders
 
-    return step_ours, step_hf
+
+def torchaudio_encoder(cfg) -> torch.nn.Module:
+    """torchaudio's ``wav2vec2_model`` (the encoder HuBERT shares) built from a transformers config."""
+    from torchaudio.models import wav2vec2_model
+
+    return wav2vec2_model(
+        extractor_mode="group_norm", extractor_conv_layer_config=list(zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride)),
+        extractor_conv_bias=cfg.conv_bias, encoder_embed_dim=cfg.hidden_size, encoder_projection_dropout=0.0,
+        encoder_pos_conv_kernel=cfg.num_conv_pos_embeddings, encoder_pos_conv_groups=cfg.num_conv_pos_embedding_groups,
+        encoder_num_layers=cfg.num_hidden_layers, encoder_num_heads=cfg.num_attention_heads,
+        encoder_attention_dropout=0.0, encoder_ff_interm_features=cfg.intermediate_size,
+        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
+        encoder_layer_drop=0.0, aux_num_out=None)
 
 
-def hubert_pair(size: str, batch: int, samples: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Contenders:
     from transformers import HubertModel as HFHubert
 
     cfg = hf_config("hubert", size)
@@ -89,75 +170,182 @@ def hubert_pair(size: str, batch: int, samples: int) -> tuple[Callable[[], None]
     ours_cfg, state = convert.from_hf_hubert(hf, cfg)
     ours = HubertModel(ours_cfg).train()
     ours.load_state_dict(state, strict=False)  # transformers has no pretraining heads to convert
-    wav_BT = 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(0))
-    lengths_B = torch.full((batch,), samples)
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+    hf, ours = hf.to(setting.device), ours.to(setting.device)
+    wav_BT, lengths_B = setting.audio()
+    autocast, _ = precision_context(setting.device, setting.precision)
+    opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
+
+    class Encode(torch.nn.Module):  # a module around ``encode``, so torch.compile sees one forward
+        def __init__(self, model: HubertModel) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return self.model.encode(wav, lengths).features_BTC
+
+    run_ours, run_hf = maybe_compile(Encode(ours), setting), maybe_compile(hf, setting)
+
+    def loss_ours(model: torch.nn.Module) -> torch.Tensor:
+        with autocast() if autocast else contextlib.nullcontext():
+            return model(wav_BT, lengths_B).float().pow(2).mean()
 
     def step_hf() -> None:
-        loss = hf(wav_BT).last_hidden_state.pow(2).mean()
-        opt_hf.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_hf.step()
+        with setting.reference_autocast():
+            loss = run_hf(wav_BT).last_hidden_state.float().pow(2).mean()
+        optimizer_step(loss, opt_hf)
 
-    def step_ours() -> None:
-        loss = ours.encode(wav_BT, lengths_B).features_BTC.pow(2).mean()
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
+    contenders = Contenders(ours=lambda: optimizer_step(loss_ours(run_ours), opt_ours),
+                            ours_flops_step=lambda: loss_ours(Encode(ours)).backward())
+    for name in against:
+        if name == "transformers":
+            contenders.references[name] = step_hf
+            continue
+        try:
+            ta = torchaudio_encoder(cfg).train().to(setting.device)
+        except Exception as err:  # torchaudio is optional and often fails to import against another torch
+            contenders.skipped[name] = f"torchaudio unavailable: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+            continue
+        run_ta, opt_ta = maybe_compile(ta, setting), torch.optim.AdamW(ta.parameters(), lr=1e-5)
 
-    return step_ours, step_hf
+        def step_ta(run_ta=run_ta, opt_ta=opt_ta) -> None:
+            with setting.reference_autocast():
+                loss = run_ta(wav_BT)[0].float().pow(2).mean()
+            optimizer_step(loss, opt_ta)
+
+        contenders.references[name] = step_ta
+    return contenders
 
 
-def timed(step: Callable[[], None]) -> float:
+def timed(step: Step, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
-def measure(pair, repeats: int) -> tuple[float, float]:
-    ours, hf = pair
-    ours(), hf()  # warm-up
-    t_ours, t_hf = [], []
-    for _ in range(repeats):  # alternate, so drifts in machine load hit both sides alike
-        t_ours.append(timed(ours))
-        t_hf.append(timed(hf))
-    return statistics.median(t_ours), statistics.median(t_hf)
+def model_flops(step: Step) -> float:
+    """FLOPs of one forward + backward, counted by torch's FLOP counter (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
 
 
-def main() -> None:
+def peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in PEAK_TFLOPS.items():
+        if fragment in name:
+            return peaks[precision]
+    return None
+
+
+def measure_row(make: Callable[[], Contenders], setting: Setting, repeats: int, warmup: int) -> dict:
+    """Median step times of speechbs and each reference, alternating; compile/warm-up time apart."""
+    contenders = make()
+    steps = {"speechbs": contenders.ours, **{k: v for k, v in contenders.references.items() if v is not None}}
+    warm_s = {}
+    for name, step in steps.items():
+        warm_s[name] = sum(timed(step, setting.device) for _ in range(warmup))  # compiles, if it compiles
+    flops = model_flops(contenders.ours_flops_step)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):  # alternate, so drifts in machine load hit every side alike
+        for name, step in steps.items():
+            times[name].append(timed(step, setting.device))
+    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "warmup_s": warm_s,
+            "skipped": contenders.skipped, "flops": flops}
+
+
+def reference_version(package: str) -> str:
+    try:
+        return __import__(package).__version__
+    except Exception:  # not installed, or fails to import against this torch
+        return "-"
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
     parser.add_argument("--models", nargs="+", default=["wav2vec2", "hubert"], choices=["wav2vec2", "hubert"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"], dest="compile_modes",
+                        help="torch.compile every side (compile time is reported apart)")
+    parser.add_argument("--against", nargs="+", default=["transformers"], choices=["transformers", "torchaudio"])
     parser.add_argument("--batch", type=int, default=4, help="utterances per step")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each utterance, s")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before timing (compiles)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU, TFLOP/s")
     parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    device = torch.device(args.device)
     torch.manual_seed(0)
     samples = int(args.seconds * RATE_HZ)
     audio_s = args.batch * args.seconds
     rows = []
     for size in args.sizes:
         for model in args.models:
-            make = wav2vec2_pair if model == "wav2vec2" else hubert_pair
-            t_ours, t_hf = measure(make(size, args.batch, samples), args.repeats)
-            rows.append({"model": model, "size": size, "ours_s": t_ours, "hf_s": t_hf,
-                         "ours_audio_s_per_s": audio_s / t_ours, "hf_audio_s_per_s": audio_s / t_hf,
-                         "speedup": t_hf / t_ours})
-    import transformers
-
-    print(f"{args.batch} x {args.seconds:g} s per step, {torch.get_num_threads()} threads, "
-          f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}\n")
-    print("| model | size | what is timed | speechbs audio-s/s | transformers audio-s/s | speedup |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        what = "pretraining step" if r["model"] == "wav2vec2" else "encoder fwd+bwd+step"
-        print(f"| {r['model']} | {r['size']} | {what} | {r['ours_audio_s_per_s']:.1f} | "
-              f"{r['hf_audio_s_per_s']:.1f} | {r['speedup']:.2f}x |")
+            for precision in args.precision:
+                for mode in args.compile_modes:
+                    setting = Setting(device, precision, mode == "on", args.batch, samples)
+                    make = wav2vec2_contenders if model == "wav2vec2" else hubert_contenders
+                    row = {"model": model, "size": size, "precision": precision, "compile": mode}
+                    try:
+                        row |= measure_row(lambda: make(size, setting, args.against), setting, args.repeats, args.warmup)
+                    except Exception as err:  # one failing setting (say, compile without a compiler) keeps the table
+                        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+                        traceback.print_exc()
+                    rows.append(row)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+    info = {**environment(device), "transformers": reference_version("transformers")}
+    print(f"{args.batch} x {args.seconds:g} s per step; {info['device_name']}, {info['threads']} threads, "
+          f"torch {info['torch']}, transformers {info['transformers']}, {info['date']}\n")
+    print_table(rows, args.against, audio_s, device, args.peak_tflops)
+    result = {"batch": args.batch, "seconds": args.seconds, "machine": info, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"batch": args.batch, "seconds": args.seconds, "rows": rows}, f, indent=1)
+            json.dump(result, f, indent=1)
+    return result
+
+
+def print_table(rows: list[dict], against: list[str], audio_s: float, device: torch.device,
+                peak_override: float | None) -> None:
+    header = ["model", "size", "what is timed", "precision", "compile", "speechbs audio-s/s"]
+    for name in against:
+        header += [f"{name} audio-s/s", f"vs {name}"]
+    header += ["speechbs TFLOP/s", "MFU", "compile/warm-up s"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        what = "pretraining step" if r["model"] == "wav2vec2" else "encoder fwd+bwd+step"
+        cells = [r["model"], r["size"], what, r["precision"], r["compile"]]
+        if "error" in r:
+            print("| " + " | ".join(cells + [f"failed: {r['error']}"] + [""] * (len(header) - len(cells) - 1)) + " |")
+            continue
+        t = r["median_s"]
+        cells.append(f"{audio_s / t['speechbs']:.1f}")
+        for name in against:
+            if name in t:
+                cells += [f"{audio_s / t[name]:.1f}", f"{t[name] / t['speechbs']:.2f}x"]
+            else:
+                cells += [r["skipped"].get(name, "-"), "-"]
+        tflops = r["flops"] / t["speechbs"] / 1e12
+        peak = peak_tflops(device, r["precision"], peak_override)
+        cells += [f"{tflops:.2f}", f"{100 * tflops / peak:.1f}%" if peak else "-",
+                  f"{r['warmup_s']['speechbs']:.1f}"]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ its curves meaningless.
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -63,16 +65,33 @@ def prepare_run_dir(cfg: Any, *, world_size: int, is_main: bool) -> Path:
     return run_dir
 
 
-def write_env(run_dir: Path, world_size: int) -> None:
-    """Versions, git commit, world size and devices, appended per launch (a resume is a new launch)."""
+def environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What a run or a measurement depends on: versions, commit, platform, threads (and ``device``'s name)."""
     env = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "speechbs": __version__,
         "git_commit": _git_commit(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(),
+    }
+    if device is not None:
+        device = torch.device(device)
+        env["device"] = device.type
+        env["device_name"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                              else platform.processor() or platform.machine())
+    return env
+
+
+def write_env(run_dir: Path, world_size: int) -> None:
+    """Versions, git commit, world size and devices, appended per launch (a resume is a new launch)."""
+    env = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **environment(),
         "host": socket.gethostname(),
         "world_size": world_size,
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"],

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from bench import accumulation, dataload, memory
+from bench import accumulation, dataload, grad_noise, memory, throughput
 
 MACHINE_KEYS = {"platform", "torch", "cpu_count", "device", "date"}
 
@@ -60,4 +61,35 @@ def test_dataload_covers_every_format_and_worker_count(tmp_path) -> None:
     assert all(r["real_s"] > 0 for r in result["loader"])
     (stall,) = result["stall"]
     assert 0 <= stall["wait_fraction"] < 1 and stall["wait_ms_min"] <= stall["wait_ms_mean"]
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+
+
+def test_throughput_times_each_side_and_counts_model_flops(tmp_path, capsys) -> None:
+    out = tmp_path / "tp.json"
+    result = throughput.main(["--sizes", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "1",
+                              "--against", "transformers", "torchaudio", "--json", str(out)])
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"wav2vec2", "hubert"} and not any("error" in r for r in rows.values())
+    for row in rows.values():
+        assert row["median_s"]["speechbs"] > 0 and row["median_s"]["transformers"] > 0
+        assert row["flops"] > 1e8  # forward + backward of the conv stack and transformer on 0.5 s
+    # torchaudio has no wav2vec 2.0 pretraining loss: that cell names why instead of a number.
+    assert rows["wav2vec2"]["skipped"]["torchaudio"] == "no wav2vec 2.0 pretraining loss"
+    assert "torchaudio" in rows["hubert"]["median_s"] or "torchaudio" in rows["hubert"]["skipped"]
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+    assert "| wav2vec2 | tiny | pretraining step | fp32 | off |" in capsys.readouterr().out
+
+
+def test_throughput_refuses_cuda_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        throughput.main(["--device", "cuda"])
+
+
+def test_grad_noise_reports_the_amortized_overhead(tmp_path) -> None:
+    out = tmp_path / "gn.json"
+    result = grad_noise.main(["--micro", "2", "--micro-seconds", "2", "--repeats", "1", "--json", str(out)])
+    assert result["plain_s"] > 0 and result["measured_s"] > 0
+    assert [r["every"] for r in result["rows"]] == [1, 10, 100]
     assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
