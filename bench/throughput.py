@@ -343,7 +343,7 @@ def print_table(rows: list[dict], against: list[str], audio_s: float, device: to
                 cells += [r["skipped"].get(name, "-"), "-"]
         tflops = r["flops"] / t["speechbs"] / 1e12
         peak = peak_tflops(device, r["precision"], peak_override)
-        cells += [f"{tflops:.2f}", f"{100 * tflops / peak:.1f}%" if peak else "-",
+        cells += [f"{tflops:.3g}", f"{100 * tflops / peak:.1f}%" if peak else "-",
                   f"{r['warmup_s']['speechbs']:.1f}"]
         print("| " + " | ".join(cells) + " |")
 
