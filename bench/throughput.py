@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
                         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
                         traceback.print_exc()
                     rows.append(row)
+                    print(progress_line(row, audio_s), flush=True)  # a run stopped by a time limit keeps these
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
     info = {**environment(device), "transformers": reference_version("transformers")}
@@ -318,6 +319,13 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def progress_line(row: dict, audio_s: float) -> str:
+    what = f"{row['model']} {row['size']} {row['precision']} compile {row['compile']}"
+    if "error" in row:
+        return f"{what}: failed: {row['error']}"
+    return f"{what}: " + ", ".join(f"{name} {audio_s / t:.1f} audio-s/s" for name, t in row["median_s"].items())
 
 
 def print_table(rows: list[dict], against: list[str], audio_s: float, device: torch.device,
