@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,24 @@ class AudioBatch:
     """A placeholder for an empty micro-batch: run it, multiply its loss by 0 (DDP sees every parameter)."""
     targets: Any = None
     """What the targets hook returned for these segments (None without a hook, and for placeholders)."""
+
+    def pin_memory(self) -> AudioBatch:
+        """The batch with every tensor in page-locked memory, targets included.
+
+        The DataLoader's pin-memory thread calls this when ``pin_memory=True`` (on a GPU), so that
+        ``.to(device, non_blocking=True)`` copies run beside the compute. It passes objects it
+        does not know through untouched: without this method no tensor here would be pinned.
+        """
+        return _pinned(self)
+
+
+def _pinned(value: Any) -> Any:
+    """``value`` with its tensors page-locked: a tensor, or a dataclass field by field (others as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if is_dataclass(value) and not isinstance(value, type):
+        return replace(value, **{f.name: _pinned(getattr(value, f.name)) for f in fields(value) if f.init})
+    return value
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 
 from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
-from speechbs.data.loader import build_planner, eval_micro_batches, iter_steps, load_micro_batch
+from speechbs.data.loader import AudioBatch, build_planner, eval_micro_batches, iter_steps, load_micro_batch
 from speechbs.data.batching import EMPTY_MICRO_BATCH
 from speechbs.data.manifest import Manifest
 
@@ -150,3 +150,34 @@ def test_evaluation_covers_utterances_longer_than_the_training_crop(tone_manifes
     rows = sorted(int(i) for mb in eval_micro_batches(tone_manifest, cfg, AUDIO, rank=0, world_size=1)
                   for i in mb.indices_B if i >= 0)
     assert rows == list(range(len(tone_manifest)))
+
+
+def test_the_dataloaders_pin_memory_thread_pins_every_tensor_of_a_batch(monkeypatch) -> None:
+    """On a GPU the loader runs with pin_memory=True; a dataclass it does not know would pass unpinned.
+
+    Page-locked memory needs a GPU, so ``Tensor.pin_memory`` is replaced by a copy that
+    remembers what it made; the batch then goes through the function the DataLoader's
+    pin-memory thread applies to each item.
+    """
+    from torch.utils.data._utils.pin_memory import pin_memory as loader_pin_memory
+
+    from speechbs.asr.ctc import CTCTargets
+
+    made: list[torch.Tensor] = []
+
+    def fake_pin(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        made.append(tensor.clone())
+        return made[-1]
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    targets = CTCTargets(torch.zeros(2, 3, dtype=torch.int64), torch.tensor([3, 2]), torch.tensor([3, 2]),
+                         torch.tensor([0, 0]))
+    batch = AudioBatch(torch.randn(2, 160), torch.tensor([160, 100]), torch.tensor([4, 7]), is_empty=False,
+                       targets=targets)
+    pinned = loader_pin_memory(batch)
+    assert isinstance(pinned, AudioBatch) and isinstance(pinned.targets, CTCTargets)
+    tensors = [pinned.wav_BT, pinned.lengths_B, pinned.indices_B]
+    tensors += [pinned.targets.labels_BL, pinned.targets.lengths_B, pinned.targets.min_frames_B,
+                pinned.targets.num_oov_B]
+    assert all(any(t is m for m in made) for t in tensors) and len(made) == len(tensors)
+    assert torch.equal(pinned.wav_BT, batch.wav_BT) and pinned.is_empty is False
