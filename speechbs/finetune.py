@@ -196,9 +196,9 @@ def freeze_unused(model: nn.Module, sample_rate_hz: int) -> None:
 
 
 def _forward(m: nn.Module, mb: AudioBatch, *, step: int, cfg: Any, ctx: DistContext) -> StepOutput:
-    wav_BT = mb.wav_BT.to(ctx.device, non_blocking=True)
-    lengths_B = mb.lengths_B.to(ctx.device)
-    seeds_B = utterance_seeds(cfg.run.seed, step, mb.indices_B).to(ctx.device)
+    mb = mb.to(ctx.device)  # no host sync: the micro-batch loop stays ahead of the device
+    wav_BT, lengths_B = mb.wav_BT, mb.lengths_B
+    seeds_B = utterance_seeds(cfg.run.seed, step, mb.indices_B)
     logits_BTV, frame_lengths_B = m(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=cfg.run.seed * 1_000_003 + step,
                                     freeze_encoder=step < cfg.finetune.freeze_steps)
     targets: CTCTargets | None = mb.targets
@@ -207,13 +207,13 @@ def _forward(m: nn.Module, mb: AudioBatch, *, step: int, cfg: Any, ctx: DistCont
         return StepOutput(loss_sum=zero, num_targets=zero.detach(), logs={k: zero.detach() for k in LOG_KEYS})
     loss_B, feasible_B = ctc_loss_per_row(logits_BTV, frame_lengths_B, targets)
     feasible_f = feasible_B.to(torch.float32)
-    num_chars = (targets.lengths_B.to(ctx.device) * feasible_B).sum().to(torch.float32)
+    num_chars = (targets.lengths_B * feasible_B).sum().to(torch.float32)
     loss_sum = loss_B.sum()
     logs = {"real_s": lengths_B.sum().to(torch.float32) / cfg.audio.sample_rate_hz,
             "ctc_sum": loss_sum.detach(), "num_utterances": feasible_f.sum(), "num_chars": num_chars,
             "num_infeasible": (1 - feasible_f).sum(),
-            "num_oov": targets.num_oov_B.sum().to(device=ctx.device, dtype=torch.float32),
-            "num_empty": (targets.lengths_B == 0).sum().to(device=ctx.device, dtype=torch.float32)}
+            "num_oov": targets.num_oov_B.sum().to(torch.float32),
+            "num_empty": (targets.lengths_B == 0).sum().to(torch.float32)}
     num_targets = feasible_f.sum() if cfg.finetune.normalize == "utterances" else num_chars
     return StepOutput(loss_sum=loss_sum, num_targets=num_targets, logs=logs)
 

@@ -68,16 +68,17 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
 
     def run_model(m: nn.Module, mb: AudioBatch, seeds_B: torch.Tensor, step: int,
                   layerdrop_seed: int | None) -> Any:
-        """The family's pretraining forward: Gumbel temperature (wav2vec 2.0) or cluster targets (HuBERT, WavLM)."""
-        wav_BT, lengths_B = mb.wav_BT.to(ctx.device, non_blocking=True), mb.lengths_B.to(ctx.device)
+        """The family's pretraining forward on a micro-batch already on the device: Gumbel
+        temperature (wav2vec 2.0) or cluster targets (HuBERT, WavLM)."""
         if needs_labels:
             targets = mb.targets if mb.targets is not None else placeholder_targets(mb, cfg)
             inputs = {"targets": targets.to(ctx.device)}
         else:
             inputs = {"gumbel_temperature": temperature(step)}
-        return m(wav_BT, lengths_B, seeds_B=seeds_B.to(ctx.device), layerdrop_seed=layerdrop_seed, **inputs)
+        return m(mb.wav_BT, mb.lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed, **inputs)
 
     def forward(m: nn.Module, mb: AudioBatch, *, step: int) -> StepOutput:
+        mb = mb.to(ctx.device)  # no host sync: the micro-batch loop stays ahead of the device
         out = run_model(m, mb, utterance_seeds(cfg.run.seed, step, mb.indices_B), step,
                         cfg.run.seed * _SEED_STRIDE + step)
         logs = out.loss.logs()
@@ -96,6 +97,7 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
         with torch.no_grad():
             for mb in eval_micro_batches(valid, cfg.batch, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
                                          targets=_hook(valid_labels, cfg)):
+                mb = mb.to(ctx.device)
                 # Fixed seeds: every validation pass masks the same frames, so curves compare.
                 out = run_model(m, mb, utterance_seeds(cfg.run.seed, 0, mb.indices_B), step, None)
                 scale = 0.0 if mb.is_empty else 1.0

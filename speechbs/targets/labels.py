@@ -52,7 +52,8 @@ class ClusterTargets:
     """K: ids are in [0, K)."""
 
     def to(self, device: torch.device | str) -> "ClusterTargets":
-        return ClusterTargets(self.labels_BL.to(device, non_blocking=True), self.lengths_B.to(device),
+        return ClusterTargets(self.labels_BL.to(device, non_blocking=True),
+                              self.lengths_B.to(device, non_blocking=True),
                               self.label_rate_hz, self.num_clusters)
 
 

@@ -181,3 +181,16 @@ def test_the_dataloaders_pin_memory_thread_pins_every_tensor_of_a_batch(monkeypa
                 pinned.targets.num_oov_B]
     assert all(any(t is m for m in made) for t in tensors) and len(made) == len(tensors)
     assert torch.equal(pinned.wav_BT, batch.wav_BT) and pinned.is_empty is False
+
+
+def test_a_batch_moves_to_the_device_with_its_targets() -> None:
+    """``AudioBatch.to`` moves every tensor, targets included (checked on the meta device: any device works)."""
+    from speechbs.targets.labels import ClusterTargets
+
+    targets = ClusterTargets(torch.zeros(2, 4, dtype=torch.int64), torch.tensor([4, 3]), 50.0, 100)
+    batch = AudioBatch(torch.randn(2, 160), torch.tensor([160, 100]), torch.tensor([4, 7]), is_empty=False,
+                       targets=targets)
+    moved = batch.to("meta")
+    assert all(t.device.type == "meta" for t in (moved.wav_BT, moved.lengths_B, moved.indices_B,
+                                                 moved.targets.labels_BL, moved.targets.lengths_B))
+    assert moved.targets.num_clusters == 100 and batch.wav_BT.device.type == "cpu"
