@@ -169,7 +169,9 @@ def cluster_logits(proj_NC: torch.Tensor, embs_KC: torch.Tensor, temperature: fl
     """Cosine similarity of each projection with every cluster embedding / temperature, (N, K), in >= fp32."""
     dtype = torch.promote_types(proj_NC.dtype, torch.float32)
     # Normalize then multiply: F.cosine_similarity would build an (N, K, C) tensor.
-    return F.normalize(proj_NC.to(dtype), dim=-1, eps=1e-8) @ F.normalize(embs_KC.to(dtype), dim=-1, eps=1e-8).T / temperature
+    with torch.autocast(proj_NC.device.type, enabled=False):  # autocast would run the matmul in bf16/fp16
+        return (F.normalize(proj_NC.to(dtype), dim=-1, eps=1e-8)
+                @ F.normalize(embs_KC.to(dtype), dim=-1, eps=1e-8).T) / temperature
 
 
 class HubertModel(nn.Module):

@@ -190,3 +190,14 @@ def test_loss_falls_on_real_audio_with_energy_labels(kind: str, digits_dir: Path
     first, last = np.mean([h[0] for h in history[:3]]), np.mean([h[0] for h in history[-3:]])
     assert last < 0.5 * first, history
     assert np.mean([h[1] for h in history[-3:]]) > 0.5, history  # chance: 1/8
+
+
+def test_cluster_logits_stay_fp32_under_autocast() -> None:
+    """Cosine logits near 1 / 0.1 = 10 have a bf16 spacing of 0.06: the matmul must not run in bf16."""
+    torch.manual_seed(0)
+    proj_NC, embs_KC = torch.randn(64, 32), torch.randn(100, 32)
+    want = hubert.cluster_logits(proj_NC, embs_KC, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hubert.cluster_logits(proj_NC, embs_KC, 0.1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
