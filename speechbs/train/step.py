@@ -220,8 +220,18 @@ def _grad_or_zeros(p: torch.Tensor) -> torch.Tensor:
 
 
 def _all_reduce_mean_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
-    """What DDP's synced backward does (mean over ranks), done by hand after unsynced backwards."""
+    """What DDP's synced backward does (mean over ranks), done by hand after unsynced backwards.
+
+    A parameter that no rank gave a gradient (a dropped layer, a frozen encoder) keeps
+    ``grad = None``, as it does in one process: AdamW would move a zero gradient's parameter
+    by its momentum and weight decay, and the update would then depend on the world size.
+    """
     if ctx.world_size == 1:
+        return
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=ctx.device)
+    ctx.all_reduce_sum(has_grad)
+    params = [p for p, count in zip(params, has_grad.tolist()) if count > 0]
+    if not params:
         return
     grads = [_grad_or_zeros(p) for p in params]
     flat = torch.cat([g.flatten() for g in grads])

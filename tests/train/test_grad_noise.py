@@ -105,3 +105,29 @@ def test_tracker_reports_seconds_and_averages_before_dividing():
     logs = tracker.update(GradNoiseStats(tr_sigma=100.0, grad_sq=-0.5, grad_std=0.1, num_micro_batches=2), 0.04)
     assert math.isnan(logs["grad_noise_scale_s_raw"])
     assert logs["grad_noise_scale_s"] == pytest.approx(4.0 / 0.25)
+
+
+class _TwinRanks(DistContext):
+    """Two ranks whose other rank holds the same values: an all-reduce doubles a tensor in place."""
+
+    def __init__(self) -> None:
+        super().__init__(rank=0, world_size=2)
+
+    @property
+    def is_distributed(self) -> bool:
+        return False  # no process group; all_reduce_sum below stands in for it
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.mul_(2)
+
+
+def test_measuring_step_keeps_parameters_without_gradient_gradient_free_on_several_ranks() -> None:
+    """A dropped layer has grad None on every rank; after the measuring step's hand-made all-reduce
+    it must still be None (AdamW steps a zero gradient's parameter by momentum and weight decay)."""
+    from speechbs.train.step import _all_reduce_mean_grads
+
+    used, dropped = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    used.grad = torch.tensor([1.0, 2.0, 3.0])
+    _all_reduce_mean_grads([used, dropped], _TwinRanks())
+    assert dropped.grad is None
+    torch.testing.assert_close(used.grad, torch.tensor([1.0, 2.0, 3.0]))  # the mean of two equal ranks
