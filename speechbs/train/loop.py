@@ -145,7 +145,11 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             scores = task.validate(task.model, state.step)
             log.log_step(state.step, scores, kind="valid")
-            if task.best_metric and _improves(task, scores, best_score(ckpt_dir)):
+            # Rank 0 reads the recorded best and decides for all: another node may see an older
+            # index.json (or none), and ranks that disagreed would wait at different barriers.
+            improves = bool(task.best_metric) and ctx.broadcast_object(
+                _improves(task, scores, best_score(ckpt_dir)) if ctx.is_main else None)
+            if improves:
                 if ctx.is_main:
                     save_best(ckpt_dir, state.step,
                               _state_dict(cfg, task.model, optimizer, planner, state, grad_scaler),
