@@ -263,6 +263,10 @@ def _normalize_and_clip(model: nn.Module, optimizer: torch.optim.Optimizer, fact
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
+FP16_INIT_SCALE = 128.0
+"""First loss scale of fp16 training (fairseq's ``fp16_init_scale``); the scaler grows it from there."""
+
+
 def precision_context(device: torch.device, precision: str) -> tuple[AutocastFactory | None,
                                                                       torch.amp.GradScaler | None]:
     """The autocast factory and grad scaler for ``precision`` (``auto``, ``fp32``, ``bf16`` or ``fp16``).
@@ -280,4 +284,9 @@ def precision_context(device: torch.device, precision: str) -> tuple[AutocastFac
         raise SpeechbsError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-    return autocast, torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if precision == "bf16":
+        return autocast, None
+    # The loss is a SUM over targets (thousands per micro-batch), so its gradients are large: start
+    # the scale at fairseq's 128 (its fp16_init_scale) rather than torch's 65536, which would
+    # overflow and skip the first few steps while the scale halves its way down.
+    return autocast, torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE)

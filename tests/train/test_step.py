@@ -201,3 +201,14 @@ def test_precision_context():
 
 def test_precision_auto_is_fp32_on_cpu():
     assert precision_context(torch.device("cpu"), "auto") == (None, None)
+
+
+def test_fp16_loss_scale_starts_at_fairseqs_128(monkeypatch) -> None:
+    """Losses are sums over thousands of targets: torch's default first scale (65536) would overflow."""
+    from speechbs.train.step import precision_context
+
+    made: list[tuple] = []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *args, **kwargs: made.append((args, kwargs)) or "scaler")
+    _, scaler = precision_context(torch.device("cuda"), "fp16")  # fp16 needs CUDA; the scaler is not run here
+    assert scaler == "scaler" and made == [(("cuda",), {"init_scale": 128.0})]
+    assert precision_context(torch.device("cuda"), "bf16")[1] is None
