@@ -117,7 +117,10 @@ def cuda_point(stepper: Stepper, padded_s: float, utterance_s: float, spread: fl
     out_of_memory = False
     try:
         step_s = min(stepper.step([batch]) for _ in range(2))  # the first pays one-time kernel setup
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate a workspace
+        if not isinstance(err, torch.cuda.OutOfMemoryError) and not any(
+                text in str(err) for text in ("out of memory", "ALLOC_FAILED")):
+            raise
         out_of_memory = True  # free outside the handler: the traceback holds the activations
     if out_of_memory:
         stepper.optimizer.zero_grad(set_to_none=True)
