@@ -144,8 +144,15 @@ class HubertOutput:
     """Time mask used (True = masked; never in padding)."""
     labels_BT: torch.Tensor
     """Cluster label of each model frame, -1 where there is none."""
-    logits_NK: torch.Tensor = field(repr=False)
-    """Masked labelled frames' logits over the K clusters, in (row, frame) order."""
+    labelled_logits_NK: torch.Tensor = field(repr=False)
+    """Every labelled frame's logits over the K clusters, in (row, frame) order."""
+    labelled_masked_N: torch.Tensor = field(repr=False)
+    """Which of those frames were masked."""
+
+    @property
+    def logits_NK(self) -> torch.Tensor:
+        """Masked labelled frames' logits (a boolean index: a host sync on a GPU, so only when asked)."""
+        return self.labelled_logits_NK[self.labelled_masked_N]
 
 
 def align_labels(targets: ClusterTargets, frame_lengths_B: torch.Tensor, num_frames: int,
@@ -241,9 +248,10 @@ class HubertModel(nn.Module):
         b_N, t_N = labelled_BT.nonzero(as_tuple=True)
         logits_NK = cluster_logits(self.final_proj(enc.features_BTC[b_N, t_N]), self.label_embs,
                                    self.cfg.logit_temperature)
-        loss = self._loss(logits_NK, labels_BT[b_N, t_N], mask_BT[b_N, t_N], b_N, penalty_B)
+        masked_N = mask_BT[b_N, t_N]
+        loss = self._loss(logits_NK, labels_BT[b_N, t_N], masked_N, b_N, penalty_B)
         return HubertOutput(loss=loss, encoder=enc, mask_BT=mask_BT, labels_BT=labels_BT,
-                            logits_NK=logits_NK[mask_BT[b_N, t_N]])
+                            labelled_logits_NK=logits_NK, labelled_masked_N=masked_N)
 
     def _loss(self, logits_NK: torch.Tensor, labels_N: torch.Tensor, masked_N: torch.Tensor,
               b_N: torch.Tensor, penalty_B: torch.Tensor) -> HubertLoss:

@@ -60,8 +60,8 @@ def span_mask(lengths_B: torch.Tensor, max_len: int, *, mask_prob: float, span: 
     return (csum_BT - before_BT) > 0
 
 
-def sample_negatives(mask_BT: torch.Tensor, num_negatives: int,
-                     seeds_B: torch.Tensor) -> torch.Tensor:
+def sample_negatives(mask_BT: torch.Tensor, num_negatives: int, seeds_B: torch.Tensor,
+                     masked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Distractor indices (N, K) into the flattened masked frames ``x_BTC[mask_BT]``.
 
     Each masked frame draws K distractors uniformly, with replacement, from the
@@ -69,9 +69,10 @@ def sample_negatives(mask_BT: torch.Tensor, num_negatives: int,
     with ``negatives_from_everywhere=False``: never itself, never padding,
     never another utterance). An utterance with a single masked frame has no
     candidate; its distractors point at itself and the loss masks them out
-    (fairseq's ``neg_is_pos``).
+    (fairseq's ``neg_is_pos``). ``masked`` is ``mask_BT.nonzero(as_tuple=True)`` when the
+    caller has it already (each ``nonzero`` is a host sync on a GPU).
     """
-    b_N, t_N = mask_BT.nonzero(as_tuple=True)
+    b_N, t_N = mask_BT.nonzero(as_tuple=True) if masked is None else masked
     num_masked_B = mask_BT.sum(dim=1)
     first_B = num_masked_B.cumsum(0) - num_masked_B
     rank_N = mask_BT.long().cumsum(dim=1)[b_N, t_N] - 1
