@@ -172,8 +172,8 @@ def _run(extractor: FeatureExtractor, items: list[tuple[int, np.ndarray]],
         for i, b in enumerate(runnable):
             wav_BT[i, :lengths_B[b]] = torch.from_numpy(items[b][1])
         feats_BTC, frame_lengths_B = extractor(wav_BT, lengths_B[runnable])
-        for i, b in enumerate(runnable):
-            out[b] = feats_BTC[i, :int(frame_lengths_B[i])]
+        for i, (b, num_frames) in enumerate(zip(runnable, frame_lengths_B.tolist())):  # one host read
+            out[b] = feats_BTC[i, :num_frames]
     for b, (row, wav) in enumerate(items):
         if progress is not None:
             progress.update(len(wav) / extractor.spec.sample_rate_hz)
