@@ -247,7 +247,8 @@ class TrainConfig:
     """Optimizer steps to train (wav2vec 2.0 BASE: 400k)."""
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast dtype: ``auto`` is bf16 on a GPU that supports it, fp32 otherwise; ``fp16`` adds a grad scaler (GPU only)."""
+    """Autocast dtype of training and validation forwards: ``auto`` is bf16 on a GPU that supports it, fp32
+    otherwise; ``fp16`` adds a grad scaler (GPU only, first scale 128). Losses and logits stay fp32."""
 
     log_every: int = 100
     """Steps between console lines; metrics.jsonl and TensorBoard get every step."""

@@ -182,6 +182,32 @@ def test_pretrain_runs_end_to_end_on_the_builtin_corpus(builtin_corpus_2min, tmp
     assert (run_dir / "config.toml").is_file() and (run_dir / "env.json").is_file()
 
 
+def test_bf16_training_validates_in_bf16_too(builtin_corpus_2min, tmp_path, monkeypatch):
+    """train.precision = bf16 (a GPU's default) trains and validates under the same autocast, in process."""
+    from speechbs.cli import main as cli_main
+
+    manifests = builtin_corpus_2min
+    sets = [f"data.train_manifest={manifests['train']}", f"data.valid_manifest={manifests['valid']}",
+            f"run.output_dir={tmp_path}", "run.name=bf16", "train.num_steps=4", "batch.seconds=10",
+            "batch.max_device_seconds=5", "batch.crop=max", "batch.crop_max_seconds=5", "train.valid_every=2",
+            "data.num_workers=0", "train.precision=\"bf16\"", "train.grad_noise_every=0"]
+    seen: list[torch.dtype] = []
+    from speechbs.models.blocks import contrastive
+
+    real = contrastive.contrastive_sum
+
+    def spy(logits_NK):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return real(logits_NK)
+
+    monkeypatch.setattr(contrastive, "contrastive_sum", spy)
+    assert cli_main(["pretrain", "recipes/wav2vec2/tiny_builtin.toml", *[a for s in sets for a in ("--set", s)]]) == 0
+    records = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [2, 4] and all(np.isfinite(r["loss"]) for r in valid)
+    assert seen and set(seen) == {torch.bfloat16}  # training and validation forwards alike
+
+
 @pytest.mark.slow
 def test_tiny_recipe_leaves_the_contrastive_plateau(tmp_path):
     """The tiny recipe learns its task: contrastive loss falls from chance and accuracy rises.

@@ -11,6 +11,7 @@ same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import time
@@ -143,7 +144,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
-            scores = task.validate(task.model, state.step)
+            with autocast() if autocast is not None else contextlib.nullcontext():  # training's precision
+                scores = task.validate(task.model, state.step)
             log.log_step(state.step, scores, kind="valid")
             # Rank 0 reads the recorded best and decides for all: another node may see an older
             # index.json (or none), and ranks that disagreed would wait at different barriers.
