@@ -238,8 +238,8 @@ class Wav2Vec2Model(nn.Module):
         quant = self.quantizer(unmasked_BTC[b_N, t_N], temperature=gumbel_temperature, gumbel_NGV=gumbel_NGV)
         target_NC = self.project_q(quant.codevectors_NE)
         negatives_NK = sample_negatives(mask_BT, cfg.num_negatives, seeds_B, masked=(b_N, t_N))
-        logits_NK = contrastive.contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, quant.codes_NG,
-                                                   cfg.logit_temperature, num_rows=mask_BT.shape[0])
+        logits_NK = contrastive.contrastive_logits(pred_NC, target_NC, b_N, mask_BT.shape[0], negatives_NK,
+                                                   quant.codes_NG, cfg.logit_temperature)
         loss = self._loss(logits_NK, mask_BT, penalty_B, quant)
         return Wav2Vec2Output(loss=loss, encoder=enc, mask_BT=mask_BT, logits_NK=logits_NK)
 

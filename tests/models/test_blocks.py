@@ -150,7 +150,7 @@ def test_contrastive_logits_equal_gathered_distractors_values_and_gradients() ->
     pred_NC = torch.randn(N, 16, dtype=torch.float64, requires_grad=True)
     target_NC = torch.randn(N, 16, dtype=torch.float64, requires_grad=True)
     codes_NG = torch.randint(0, 4, (N, 2))  # few codes: many distractors share the target's
-    got = contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+    got = contrastive_logits(pred_NC, target_NC, b_N, 4, negatives_NK, codes_NG, 0.1)
     want = _gathered_logits(pred_NC, target_NC, negatives_NK, codes_NG, 0.1)
     assert got.shape == (N, 101)
     assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.isinf(got).any()
@@ -170,14 +170,14 @@ def test_contrastive_logits_stay_fp32_under_autocast() -> None:
     negatives_NK = sample_negatives(mask_BT, 20, torch.tensor([1, 2]))
     pred_NC, target_NC = torch.randn(70, 32), torch.randn(70, 32)
     codes_NG = torch.arange(140).view(70, 2)
-    want = contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+    want = contrastive_logits(pred_NC, target_NC, b_N, 2, negatives_NK, codes_NG, 0.1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = contrastive_logits(pred_NC.bfloat16(), target_NC.bfloat16(), b_N, negatives_NK, codes_NG, 0.1)
+        got = contrastive_logits(pred_NC.bfloat16(), target_NC.bfloat16(), b_N, 2, negatives_NK, codes_NG, 0.1)
     assert got.dtype == torch.float32
     # Only the inputs' rounding to bf16 remains (~3 significant digits of each vector).
     torch.testing.assert_close(got, want, rtol=0, atol=0.15)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        same = contrastive_logits(pred_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+        same = contrastive_logits(pred_NC, target_NC, b_N, 2, negatives_NK, codes_NG, 0.1)
     torch.testing.assert_close(same, want, rtol=1e-6, atol=1e-5)
 
 
@@ -187,7 +187,7 @@ def test_contrastive_logits_mask_distractors_equal_to_positive() -> None:
     b_N = torch.zeros(3, dtype=torch.long)
     negatives_NK = torch.tensor([[1, 2, 1, 2], [0, 2, 0, 2], [0, 1, 0, 1]])
     codes_NG[2] = codes_NG[1]  # frame 2 quantizes like frame 1: they are each other's positive
-    logits_NK = contrastive_logits(target_NC, target_NC, b_N, negatives_NK, codes_NG, 0.1)
+    logits_NK = contrastive_logits(target_NC, target_NC, b_N, 1, negatives_NK, codes_NG, 0.1)
     assert logits_NK.shape == (3, 5)
     assert torch.isinf(logits_NK[1, 2]) and torch.isinf(logits_NK[2, 2]) and torch.isfinite(logits_NK[0]).all()
     torch.testing.assert_close(logits_NK[:, 0], torch.full((3,), 10.0))

@@ -14,9 +14,8 @@ import torch
 from torch.nn import functional as F
 
 
-def contrastive_logits(pred_NC: torch.Tensor, target_NC: torch.Tensor, b_N: torch.Tensor,
-                       negatives_NK: torch.Tensor, codes_NG: torch.Tensor, temperature: float,
-                       num_rows: int | None = None) -> torch.Tensor:
+def contrastive_logits(pred_NC: torch.Tensor, target_NC: torch.Tensor, b_N: torch.Tensor, num_rows: int,
+                       negatives_NK: torch.Tensor, codes_NG: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cosine similarity of each prediction with [its target, K distractors] / temperature: (N, 1+K).
 
     Frames are the masked frames in (row, frame) order; ``b_N`` is each one's row
@@ -32,16 +31,12 @@ def contrastive_logits(pred_NC: torch.Tensor, target_NC: torch.Tensor, b_N: torc
     -inf, so it is never counted as a competitor of itself: fairseq's ``neg_is_pos``,
     which compares the vectors; codes compare the same without float ties.
 
-    ``num_rows`` (the micro-batch's B) lets the per-row counts be taken without a host
-    sync; without it they come from ``bincount``, which reads its input's range on the host.
-    The block width, the most masked frames in a row, is the one host read left here.
+    ``num_rows`` is the micro-batch's B: with it the per-row counts need no host sync
+    (``bincount`` would read its input's range on the host). The block width, the most
+    masked frames in a row, is the one host read left here.
     """
     dtype = torch.promote_types(pred_NC.dtype, torch.float32)  # fp32 at least, also under autocast
-    if num_rows is None:
-        counts_B = torch.bincount(b_N)  # rows up to the last with a masked frame
-        num_rows = counts_B.numel()
-    else:
-        counts_B = torch.zeros(num_rows, dtype=b_N.dtype, device=b_N.device).index_add_(0, b_N, torch.ones_like(b_N))
+    counts_B = torch.zeros(num_rows, dtype=b_N.dtype, device=b_N.device).index_add_(0, b_N, torch.ones_like(b_N))
     first_B = counts_B.cumsum(0) - counts_B
     rank_N = torch.arange(b_N.numel(), device=b_N.device) - first_B[b_N]
     width = int(counts_B.max()) if num_rows else 0  # a host sync, like the masks' nonzero()
