@@ -14,9 +14,9 @@ S seconds of random audio, in this process, one implementation after the other
   feature encoder + transformer) with the same mean-square loss on its output.
 
 Each row is one (model, size, precision, compile) setting. ``--precision bf16``
-runs every side under bf16 autocast (speechbs through its training precision
-context); ``--compile on`` wraps every side's model in ``torch.compile`` (its
-compile time is reported apart, not in the step time). On CUDA the step is timed
+runs every side under the bf16 autocast of speechbs training; ``--compile on``
+wraps every side's model in ``torch.compile`` (its compile time is reported
+apart, not in the step time). On CUDA the step is timed
 between two synchronizations. "TFLOP/s" is speechbs' model FLOPs per step
 (counted once by ``torch.utils.flop_counter`` over forward + backward) over its
 step time; MFU divides that by the device's dense peak for the precision
@@ -70,11 +70,10 @@ class Setting:
     batch: int
     samples: int
 
-    def reference_autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the reference implementations (speechbs uses its own precision context)."""
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of speechbs training, around every side's forward."""
+        factory, _ = precision_context(self.device, self.precision)
+        return factory() if factory is not None else contextlib.nullcontext()
 
     def audio(self) -> tuple[torch.Tensor, torch.Tensor]:
         wav_BT = 0.1 * torch.randn(self.batch, self.samples, generator=torch.Generator().manual_seed(0))
@@ -83,12 +82,12 @@ class Setting:
 
 @dataclass
 class Contenders:
-    """The step functions of one row: speechbs first, then each reference (None: skipped, with why)."""
+    """The step functions of one row: speechbs, each reference, and the references skipped (with why)."""
 
     ours: Step
     ours_flops_step: Step
     """speechbs' forward + backward without the optimizer, eager: what the FLOP counter runs."""
-    references: dict[str, Step | None] = field(default_factory=dict)
+    references: dict[str, Step] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -122,18 +121,17 @@ def wav2vec2_contenders(size: str, setting: Setting, against: list[str]) -> Cont
     wav_BT, lengths_B = setting.audio()
     seeds_B = torch.arange(setting.batch, device=setting.device)
     num_frames = int(hf._get_feat_extract_output_lengths(setting.samples))
-    autocast, _ = precision_context(setting.device, setting.precision)
     run_ours, run_hf = maybe_compile(ours, setting), maybe_compile(hf, setting)
     opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
 
     def loss_ours(model: torch.nn.Module) -> torch.Tensor:
-        with autocast() if autocast else contextlib.nullcontext():
+        with setting.autocast():
             return model(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=2.0).loss.loss_sum
 
     def step_hf() -> None:
         mask = _compute_mask_indices((setting.batch, num_frames), mask_prob=0.65, mask_length=10, min_masks=2)
         negatives = _sample_negative_indices((setting.batch, num_frames), 100, mask_time_indices=mask)
-        with setting.reference_autocast():
+        with setting.autocast():
             out = run_hf(wav_BT, mask_time_indices=torch.from_numpy(mask).to(setting.device),
                          sampled_negative_indices=torch.from_numpy(negatives).to(setting.device))
         optimizer_step(out.loss, opt_hf)
@@ -172,7 +170,6 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
     ours.load_state_dict(state, strict=False)  # transformers has no pretraining heads to convert
     hf, ours = hf.to(setting.device), ours.to(setting.device)
     wav_BT, lengths_B = setting.audio()
-    autocast, _ = precision_context(setting.device, setting.precision)
     opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
 
     class Encode(torch.nn.Module):  # a module around ``encode``, so torch.compile sees one forward
@@ -186,11 +183,11 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
     run_ours, run_hf = maybe_compile(Encode(ours), setting), maybe_compile(hf, setting)
 
     def loss_ours(model: torch.nn.Module) -> torch.Tensor:
-        with autocast() if autocast else contextlib.nullcontext():
+        with setting.autocast():
             return model(wav_BT, lengths_B).float().pow(2).mean()
 
     def step_hf() -> None:
-        with setting.reference_autocast():
+        with setting.autocast():
             loss = run_hf(wav_BT).last_hidden_state.float().pow(2).mean()
         optimizer_step(loss, opt_hf)
 
@@ -208,7 +205,7 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
         run_ta, opt_ta = maybe_compile(ta, setting), torch.optim.AdamW(ta.parameters(), lr=1e-5)
 
         def step_ta(run_ta=run_ta, opt_ta=opt_ta) -> None:
-            with setting.reference_autocast():
+            with setting.autocast():
                 loss = run_ta(wav_BT)[0].float().pow(2).mean()
             optimizer_step(loss, opt_ta)
 
@@ -251,7 +248,7 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
 def measure_row(make: Callable[[], Contenders], setting: Setting, repeats: int, warmup: int) -> dict:
     """Median step times of speechbs and each reference, alternating; compile/warm-up time apart."""
     contenders = make()
-    steps = {"speechbs": contenders.ours, **{k: v for k, v in contenders.references.items() if v is not None}}
+    steps = {"speechbs": contenders.ours, **contenders.references}
     warm_s = {}
     for name, step in steps.items():
         warm_s[name] = sum(timed(step, setting.device) for _ in range(warmup))  # compiles, if it compiles
