@@ -272,13 +272,17 @@ class TrainConfig:
     """Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."""
 
     grad_noise_every: int = 0
-    """Steps between gradient-noise measurements (0 disables); needs >= 2 micro-batches per step."""
+    """Steps between gradient-noise measurements (0 disables); a measuring step runs >= 2 micro-batches per rank."""
+
+    grad_noise_window: int = 10
+    """Measurements averaged in each logged ``noise_*`` value (a window of ``grad_noise_window * grad_noise_every`` steps)."""
 
     def __post_init__(self) -> None:
         _require(self.num_steps >= 1, "train.num_steps", "must be >= 1")
         for key in ("log_every", "valid_every", "checkpoint_every", "grad_noise_every"):
             _require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
         _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _require(self.grad_noise_window >= 1, "train.grad_noise_window", "must be >= 1 (measurements per logged value)")
         _require(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", "must be >= 1")
 
 

@@ -53,7 +53,7 @@ def test_two_hubert_iterations_and_wavlm_from_the_builtin_corpus(tmp_path, monke
         rows = _train_rows(tmp_path / "runs" / run)
         assert [r["step"] for r in rows] == list(range(1, 7))
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
-        assert "grad_tr_sigma_s" in rows[2]
+        assert "noise_tr_sigma_1s" in rows[2]
     meta = json.loads((labels2 / "train.km.json").read_text())
     assert meta["label_rate_hz"] == 50.0 and meta["num_clusters"] == 16
 

@@ -176,9 +176,11 @@ def test_pretrain_runs_end_to_end_on_the_builtin_corpus(builtin_corpus_2min, tmp
     assert all(0.5 < r["packing"] <= 1.0 for r in train)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     # The gradient noise is measured every 10 steps from the step's own micro-batches, in seconds of audio.
-    noisy = [r for r in train if "grad_tr_sigma_s" in r]
+    noisy = [r for r in train if "noise_tr_sigma_1s" in r]
     assert [r["step"] for r in noisy] == [10, 20, 30]
-    assert all(r["grad_noise_micro_batches"] >= 4 and r["grad_tr_sigma_s"] > 0 and r["grad_std"] > 0 for r in noisy)
+    assert all(r["noise_micro_batches"] >= 4 and r["noise_tr_sigma_1s"] > 0 and r["noise_grad_std_at_batch"] > 0
+               and r["noise_batch_s"] == r["batch_s"] for r in noisy)
+    assert [r["noise_window"] for r in noisy] == [1, 2, 3]
     assert (run_dir / "config.toml").is_file() and (run_dir / "env.json").is_file()
 
 

@@ -281,11 +281,12 @@ class BatchPlanner:
         return batch
 
     # ------------------------------------------------------------------ split
-    def split(self, batch: GlobalBatch, world_size: int) -> list[list[MicroBatch]]:
-        """Per-device micro-batches ``[rank][micro]``; depends only on (batch, world_size, cfg).
+    def split(self, batch: GlobalBatch, world_size: int, min_per_device: int = 1) -> list[list[MicroBatch]]:
+        """Per-device micro-batches ``[rank][micro]``; depends only on (batch, world_size, cfg, min_per_device).
 
         Sort by length, find the fewest contiguous bins under the cap (B), give
-        every device M = ceil(B / W) slots, re-cut into at most W * M bins with
+        every device M = max(ceil(B / W), ``min_per_device``) slots (a gradient-noise
+        step asks for 2: it needs two micro-batch gradients), re-cut into at most W * M bins with
         the smallest largest-bin cost (balanced work), then assign bins to
         devices longest-processing-time first, at most M per device; leftover
         slots are empty micro-batches.
@@ -295,7 +296,7 @@ class BatchPlanner:
         lengths = np.asarray([s.num_samples for s in segments], dtype=np.int64)
         unit_S = self._unit_cost_s(lengths)
         cap = self.cfg.max_device_seconds
-        num_slots = math.ceil(len(_greedy_bins(unit_S, cap)) / world_size) * world_size
+        num_slots = max(math.ceil(len(_greedy_bins(unit_S, cap)) / world_size), min_per_device) * world_size
         bins = _balanced_bins(unit_S, num_slots, cap)
         micro = [MicroBatch(tuple(segments[a:b]), (b - a) * int(lengths[a])) for a, b in bins]
         costs = [(b - a) * float(unit_S[a]) for a, b in bins]

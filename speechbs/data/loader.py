@@ -12,6 +12,7 @@ depends on ``num_workers``.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
@@ -132,15 +133,17 @@ class _PlanStream:
     copy keeps that lookahead from moving the position that is checkpointed.
     """
 
-    def __init__(self, planner: BatchPlanner, rank: int, world_size: int) -> None:
+    def __init__(self, planner: BatchPlanner, rank: int, world_size: int,
+                 split: Callable[[BatchPlanner, GlobalBatch, int], list[list[MicroBatch]]]) -> None:
         self.cursor = copy.copy(planner)
         self.rank = rank
         self.world_size = world_size
+        self.split = split
 
     def __iter__(self) -> Iterator[_Item]:
-        while True:
+        for step in itertools.count():
             batch = self.cursor.next_batch()
-            yield from _items(batch, self.cursor.split(batch, self.world_size)[self.rank])
+            yield from _items(batch, self.split(self.cursor, batch, step)[self.rank])
 
 
 def _items(batch: GlobalBatch, micro_batches: list[MicroBatch]) -> Iterator[_Item]:
@@ -152,25 +155,33 @@ def _items(batch: GlobalBatch, micro_batches: list[MicroBatch]) -> Iterator[_Ite
 
 def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig, *, rank: int,
                world_size: int, num_workers: int, targets: TargetsFn | None = None,
-               num_steps: int | None = None, pin_memory: bool = False) -> Iterator[StepData]:
+               num_steps: int | None = None, pin_memory: bool = False,
+               min_micro_batches: Callable[[int], int] | None = None) -> Iterator[StepData]:
     """Steps for one rank, from the planner's position on (forever, or ``num_steps``).
 
     The planner advances when a step is handed out, not when it is prefetched:
     after receiving step k, ``planner.state_dict()`` resumes at step k + 1.
+    ``min_micro_batches(i)`` (i counts the steps handed out by this call, from 0) is
+    the fewest micro-batches each rank gets at that step; a gradient-noise step needs 2.
+    It repartitions the same global batch, so what the step trains on is unchanged.
     """
     assert 0 <= rank < world_size
+
+    def split(cursor: BatchPlanner, batch: GlobalBatch, step: int) -> list[list[MicroBatch]]:
+        return cursor.split(batch, world_size, min_micro_batches(step) if min_micro_batches else 1)
+
     loader = DataLoader(MicroBatchDataset(manifest, audio_cfg, targets), batch_size=None,
-                        sampler=_PlanStream(planner, rank, world_size), num_workers=num_workers,
+                        sampler=_PlanStream(planner, rank, world_size, split), num_workers=num_workers,
                         pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
     loaded = iter(loader)
     done = 0
     while num_steps is None or done < num_steps:
         batch = planner.next_batch()
-        split = planner.split(batch, world_size)
-        micro_batches = [next(loaded) for _ in split[rank]]
-        for plan, audio in zip(split[rank], micro_batches):
+        split_R = split(planner, batch, done)
+        micro_batches = [next(loaded) for _ in split_R[rank]]
+        for plan, audio in zip(split_R[rank], micro_batches):
             assert audio.is_empty == plan.is_empty, "loader and planner out of step"
-        yield StepData(batch, micro_batches, BatchStats.from_split(batch, split, planner.sample_rate_hz))
+        yield StepData(batch, micro_batches, BatchStats.from_split(batch, split_R, planner.sample_rate_hz))
         done += 1
 
 

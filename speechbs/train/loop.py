@@ -29,7 +29,7 @@ from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext
 from speechbs.rundir import prepare_run_dir
-from speechbs.train.grad_noise import GradNoiseProbe, NoiseScaleTracker
+from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.schedule import lr_scale, peak_lr
@@ -70,8 +70,8 @@ class TrainState:
     hours_seen: float = 0.0
     """Real audio consumed, h (cropped-away audio does not count)."""
     num_skipped: int = 0
-    noise: NoiseScaleTracker = field(default_factory=NoiseScaleTracker)
-    """Moving averages behind the logged gradient noise scale."""
+    noise: NoiseWindow = field(default_factory=NoiseWindow)
+    """The last gradient-noise measurements behind the logged ``noise_*`` values."""
 
 
 def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
@@ -86,7 +86,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     model = ctx.wrap_model(task.model, find_unused_parameters=task.find_unused_parameters)
     optimizer = build_optimizer(task.model, cfg.optim)
     lr_peak = peak_lr(cfg.optim, cfg.batch.seconds)
-    state = TrainState()
+    state = TrainState(noise=NoiseWindow(cfg.train.grad_noise_window))
     log = MetricsLogger(run_dir, enabled=ctx.is_main, total_steps=cfg.train.num_steps,
                         log_every=cfg.train.log_every)
     autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
@@ -94,7 +94,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     # --- restore ------------------------------------------------------------------
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
-        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler)
+        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler, state)
         log.message(f"resumed from {latest} at step {state.step} ({state.hours_seen:.3f} h seen)")
     if state.step >= cfg.train.num_steps:
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
@@ -106,9 +106,17 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     stop = _StopFlag()
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
     milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
+    every, first_step = cfg.train.grad_noise_every, state.step
+
+    def measures(step: int) -> bool:
+        """Whether optimizer step ``step`` (0-based) measures gradient noise."""
+        return bool(every) and (step + 1) % every == 0
+
+    # A measuring step needs two micro-batch gradients: each rank then gets at least two.
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
                        num_workers=cfg.data.num_workers, targets=task.targets,
-                       pin_memory=ctx.device.type == "cuda")
+                       pin_memory=ctx.device.type == "cuda",
+                       min_micro_batches=lambda i: 2 if measures(first_step + i) else 1)
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
@@ -119,8 +127,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         # Dropout and other global-RNG draws come from (seed, step, rank): a resume at step k
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
         ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
-        every = cfg.train.grad_noise_every
-        probe = GradNoiseProbe(task.model) if every and (state.step + 1) % every == 0 else None
+        probe = GradNoiseProbe(task.model) if measures(state.step) else None
         report = train_step(model, optimizer, data.micro_batches,
                             lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
                             clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
@@ -136,7 +143,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         seconds_per_step, tick = now - tick, now
         noise_logs = {}
         if report.grad_noise is not None and report.num_targets > 0:
-            noise_logs = state.noise.update(report.grad_noise, data.stats.real_s / report.num_targets)
+            noise_logs = state.noise.update(report.grad_noise, data.stats.real_s / report.num_targets,
+                                            batch_s=data.stats.real_s)
         log.log_step(state.step, {
             **task.metrics(report), "lr": lr, **task.step_logs(state.step), **_batch_logs(data),
             "hours_seen": state.hours_seen, "num_skipped": state.num_skipped,
@@ -230,14 +238,14 @@ def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, pl
 
 
 def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
-             grad_scaler: torch.amp.GradScaler | None) -> TrainState:
+             grad_scaler: torch.amp.GradScaler | None, fresh: TrainState) -> TrainState:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     planner.load_state_dict(ckpt["planner"])
     if grad_scaler is not None and ckpt.get("grad_scaler"):
         grad_scaler.load_state_dict(ckpt["grad_scaler"])
     state = TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
-                       num_skipped=int(ckpt["num_skipped"]))
+                       num_skipped=int(ckpt["num_skipped"]), noise=fresh.noise)
     if "grad_noise" in ckpt:
         state.noise.load_state_dict(ckpt["grad_noise"])
     return state

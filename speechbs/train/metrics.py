@@ -99,7 +99,7 @@ class MetricsLogger:
 
 # The keys worth a glance on the console; everything goes to metrics.jsonl and TensorBoard.
 CONSOLE_KEYS = ("loss", "accuracy", "wer", "lr", "grad_norm", "batch_s", "packing", "hours_seen",
-                "audio_s_per_s", "grad_noise_scale_s")
+                "audio_s_per_s", "noise_b_simple_s")
 
 
 def _plain(value: Any) -> Any:

@@ -217,3 +217,16 @@ def test_uneven_epoch_warns_with_the_realized_step():
     with pytest.warns(UserWarning, match="2 steps per epoch of 30.0 s"):
         p = planner(lengths, seconds=40.0, max_device_seconds=20.0)
     assert [gb.real_samples for gb in p.plan_epoch(0)] == [30 * RATE] * 2
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_a_noise_step_gets_two_micro_batches_per_device_from_the_same_global_batch(world_size):
+    """A gradient-noise step needs two micro-batch gradients: a batch that fits one forward pass per
+    device is cut in two per device, and the set of segments does not change."""
+    p = planner(librispeech_like(400), seconds=120.0, max_device_seconds=200.0)
+    batch = p.batch_at(0, 0)
+    assert all(len(rank) == 1 for rank in p.split(batch, world_size))
+    split = p.split(batch, world_size, min_per_device=2)
+    assert all(len(rank) == 2 for rank in split)
+    assert sum(not mb.is_empty for rank in split for mb in rank) >= 2
+    assert key(s for rank in split for mb in rank for s in mb.segments) == key(batch.segments)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
 from speechbs.dist import DistContext
-from speechbs.train.grad_noise import GradNoiseProbe, GradNoiseStats, NoiseScaleTracker
-from speechbs.train.step import StepOutput, train_step
+from speechbs.train.grad_noise import GradNoiseProbe
+from speechbs.train.step import train_step
 
 from .dist_worker import frame_forward, load_utterances, make_model, params_of, rank_micro_batches
 
@@ -45,7 +43,7 @@ def test_estimate_matches_the_per_micro_batch_gradients():
     assert stats.num_micro_batches == 4
     assert stats.tr_sigma == pytest.approx(want_tr, rel=1e-9)
     assert stats.grad_sq == pytest.approx(float(g.square().sum()) - want_tr / n, rel=1e-9)
-    assert stats.grad_std == pytest.approx(float((var.clamp(min=0) / n).sqrt().mean()), rel=1e-9)
+    assert stats.num_params == sum(p.numel() for p in model.parameters())
 
 
 def test_measuring_does_not_change_the_update():
@@ -58,53 +56,6 @@ def test_measuring_does_not_change_the_update():
         train_step(model, opt, micro_batches, frame_forward, CTX, grad_noise=GradNoiseProbe(model) if probe else None)
         results.append(params_of(model))
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
-
-
-class Mean(nn.Module):
-    """loss per target = |w - x|^2 / 2: per-target gradient w - x, so Sigma = cov(x) exactly."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(dim, dtype=torch.float64))
-
-
-def mean_forward(model: Mean, x_ND: torch.Tensor) -> StepOutput:
-    return StepOutput(0.5 * (model.w - x_ND).square().sum(), torch.tensor(float(x_ND.shape[0])), {})
-
-
-def test_estimators_are_unbiased_on_a_known_problem():
-    """tr(Sigma) = dim * sigma^2 and |mu|^2 = |m|^2 are known; unequal micro-batches, few per step."""
-    dim, sigma, generator = 8, 0.5, torch.Generator().manual_seed(0)
-    m = torch.full((dim,), 0.25, dtype=torch.float64)
-    tr, sq = [], []
-    for _ in range(2_000):
-        sizes = torch.randint(1, 12, (3,), generator=generator).tolist()
-        micro = [m + sigma * torch.randn(n, dim, generator=generator, dtype=torch.float64) for n in sizes]
-        model = Mean(dim)
-        report = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), micro, mean_forward, CTX,
-                            grad_noise=GradNoiseProbe(model))
-        tr.append(report.grad_noise.tr_sigma)
-        sq.append(report.grad_noise.grad_sq)
-    assert sum(tr) / len(tr) == pytest.approx(dim * sigma**2, rel=0.05)
-    assert sum(sq) / len(sq) == pytest.approx(float(m.square().sum()), rel=0.1)
-
-
-def test_one_micro_batch_gives_no_estimate():
-    model = Mean(2)
-    report = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [torch.ones(3, 2)], mean_forward, CTX,
-                        grad_noise=GradNoiseProbe(model))
-    assert report.grad_noise.num_micro_batches == 1 and math.isnan(report.grad_noise.tr_sigma)
-
-
-def test_tracker_reports_seconds_and_averages_before_dividing():
-    tracker = NoiseScaleTracker(decay=0.5)
-    # 0.04 s per target (25 targets per second): B_simple of 100 targets is 4 s of audio.
-    logs = tracker.update(GradNoiseStats(tr_sigma=100.0, grad_sq=1.0, grad_std=0.1, num_micro_batches=4), 0.04)
-    assert logs["grad_noise_scale_s"] == pytest.approx(4.0) and logs["grad_noise_scale_s_raw"] == pytest.approx(4.0)
-    # A noisy measurement with a negative |mu|^2 estimate: no raw ratio, the averages carry on.
-    logs = tracker.update(GradNoiseStats(tr_sigma=100.0, grad_sq=-0.5, grad_std=0.1, num_micro_batches=2), 0.04)
-    assert math.isnan(logs["grad_noise_scale_s_raw"])
-    assert logs["grad_noise_scale_s"] == pytest.approx(4.0 / 0.25)
 
 
 class _TwinRanks(DistContext):

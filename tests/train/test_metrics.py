@@ -16,7 +16,7 @@ class Terminal(io.StringIO):
 def run(stream: io.StringIO, tmp_path) -> str:
     log = MetricsLogger(tmp_path, enabled=True, total_steps=10, log_every=5, tensorboard=False, stream=stream)
     for step in range(1, 11):
-        log.log_step(step, {"loss": 1.0 / step, "lr": 1e-3, "grad_noise_scale_s": float("nan")})
+        log.log_step(step, {"loss": 1.0 / step, "lr": 1e-3, "noise_b_simple_s": float("nan")})
     log.log_step(10, {"loss": 0.5}, kind="valid")
     log.close()
     return stream.getvalue()
@@ -28,7 +28,7 @@ def test_logs_get_plain_lines_every_log_every_steps(tmp_path):
     assert [line.split(" |")[0] for line in lines[:2]] == ["step 5/10", "step 10/10"]
     assert "[valid] step 10" in lines[2] and "\r" not in out and "eta" in lines[0]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 11 and records[0]["grad_noise_scale_s"] == "nan"  # NaN stays visible in JSON
+    assert len(records) == 11 and records[0]["noise_b_simple_s"] == "nan"  # NaN stays visible in JSON
     assert (tmp_path / "log.txt").read_text().count("step ") == 3
 
 
