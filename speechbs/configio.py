@@ -68,6 +68,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
 
 
+def toml_str(value: Any) -> str:
+    """A string value for ``--set`` that survives TOML parsing whatever it holds (paths, quotes)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``batch.seconds=600`` -> ("batch.seconds", 600). Values are TOML; bare words are strings."""
     if "=" not in item:

@@ -13,6 +13,7 @@ A plot with nothing to show is still written, with a line saying what is missing
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from speechbs.report.collect import Collected
@@ -143,3 +144,77 @@ def _loss_curves(plt, collected: Collected):
     else:
         _empty(by_step, "no metrics.jsonl with train losses found")
     return fig
+
+
+def batch_axis(ax, batches_s) -> None:
+    """A log batch axis ticked at the batch sizes that ran (15, 30, 60 s), not at powers of ten."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted({float(b) for b in batches_s if b})
+    ax.set_xscale("log")
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+
+
+def fixed_state_axes(axes, records: list[dict]) -> None:
+    """grad std, B_simple and grad RMS against the batch, one line per ``noise.json`` record, with intervals.
+
+    Each record is one checkpoint measured at every batch size (``speechbs noise``): a fixed model
+    state, so the 1/sqrt(2)-per-doubling line applies to its std and is drawn through its points.
+    """
+    std_ax, b_ax, rms_ax = axes
+    batches = []
+    for record in records:
+        rows = [r for r in record.get("batches", []) if r.get("grad_std")]
+        if not rows:
+            continue
+        xs = [r["batch_s"] for r in rows]  # the std is computed at the real seconds; the axis names the setting
+        batches += [r["batch_s"] for r in rows]
+        label = f"step {record.get('step')} ({record.get('hours_seen') or 0:.3g} h seen)"
+        for ax, key in ((std_ax, "grad_std"), (b_ax, "b_simple_s"), (rms_ax, "grad_rms")):
+            points = [(x, r[key], r.get(f"{key}_ci") or [None, None]) for x, r in zip(xs, rows) if r.get(key)]
+            if not points:
+                continue
+            px, py, ci = zip(*points)
+            low = [y - (c[0] if c[0] is not None else y) for y, c in zip(py, ci)]
+            high = [(c[1] if c[1] is not None else 10 * y) - y for y, c in zip(py, ci)]  # unbounded: a long bar
+            line = ax.errorbar(px, py, yerr=[low, high], marker="o", capsize=3, label=label)
+            if key == "grad_std":  # fixed state: the std of a mean of independent targets
+                anchor_x = math.exp(sum(math.log(x) for x in px) / len(px))
+                anchor_y = math.exp(sum(math.log(y) for y in py) / len(py))
+                ax.plot(px, [anchor_y * (x / anchor_x) ** -0.5 for x in px], linestyle="--",
+                        color=line.lines[0].get_color(), alpha=0.6)
+    if not batches:
+        for ax in axes:
+            _empty(ax, "no noise.json with measurements")
+        return
+    b_ax.plot(sorted(batches), sorted(batches), linestyle=":", color="gray", label="B_simple = batch")
+    titles = (("gradient std per parameter (dashed: 1/sqrt(2) per doubling)", "grad std"),
+              ("critical batch B_simple (s of audio)", "B_simple (s)"),
+              ("RMS of the batch-mean gradient", "grad RMS"))
+    for ax, (title, ylabel) in zip(axes, titles):
+        batch_axis(ax, batches)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch (s of audio per step)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+
+
+def write_noise_plot(record: dict, path: Path) -> Path:
+    """``noise.png`` of one ``speechbs noise`` run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fixed_state_axes(axes, [record])
+    fig.suptitle(f"gradient noise at a fixed state: {record.get('model')} {Path(str(record.get('checkpoint'))).name}, "
+                 f"{record.get('repeats')} batches per size (95% intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

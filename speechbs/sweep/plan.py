@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speechbs.configio import _set_dotted, build, config_hash, load_config, parse_override, read_toml
+from speechbs.configio import _set_dotted, build, config_hash, load_config, parse_override, read_toml, toml_str
 from speechbs.errors import ConfigError
 from speechbs.sweep.config import FinetuneSpec, GridSection, SweepConfig, SweepSection, TestSpec
 from speechbs.train.schedule import peak_lr
@@ -161,9 +161,4 @@ def _point(cfg: SweepConfig, base: Path, root: Path, combo: dict[str, Any]) -> P
                  peak_lr=peak_lr(resolved.optim, resolved.batch.seconds), config_hash=config_hash(resolved),
                  axes=dict(combo))
 
-
-def toml_str(value: Any) -> str:
-    """A string value for ``--set`` that survives TOML parsing whatever it holds (paths, quotes)."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
 

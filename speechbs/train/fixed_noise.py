@@ -100,7 +100,7 @@ class BatchNoise:
 def measure_gradients(model: nn.Module, batches: Iterable[Sequence[Any]], forward: ForwardFn, ctx: DistContext, *,
                       batch_s: float, autocast: AutocastFactory | None = None,
                       before_batch: Callable[[int], None] | None = None) -> BatchGradients:
-    """The normalized gradient of each global batch, through ``train_step`` at LR 0.
+    """The normalized gradient of each global batch, through ``train_step`` at LR 0 (kept on rank 0 only).
 
     ``batches`` yields each repeat's micro-batches for this rank (``model`` DDP-wrapped
     when ``ctx.world_size > 1``); ``forward`` must log ``real_s``, the micro-batch's real
@@ -120,7 +120,8 @@ def measure_gradients(model: nn.Module, batches: Iterable[Sequence[Any]], forwar
         if not report.updated:
             skipped += 1
             continue
-        grads.append(torch.cat([_flat_grad(p) for p in params]).to("cpu", torch.float64))
+        if ctx.is_main:  # the gradients are all-reduced: one copy is enough (R x P floats of host memory)
+            grads.append(torch.cat([_flat_grad(p) for p in params]).to("cpu", torch.float64))
         secs.append(report.log_sums["real_s"])
         targets.append(report.num_targets)
     if before is not None:
