@@ -200,6 +200,10 @@ class ScheduleConfig:
     warmup_steps: int = 32_000
     """Steps of linear warm-up from 0 (polynomial, cosine) or from ``init_lr_scale * lr`` (tri_stage)."""
 
+    warmup_fraction: float = 0.0
+    """Warm-up as a fraction of ``train.num_steps``, in [0, 1); when > 0 it replaces ``warmup_steps``, so sweep
+    points with different step counts (an equal-hours budget) share one schedule shape."""
+
     power: float = 1.0
     """Exponent of the polynomial decay (1 = linear)."""
 
@@ -230,6 +234,8 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
         _require(self.hold_steps >= 0, "schedule.hold_steps", "must be >= 0")
+        _require(0 <= self.warmup_fraction < 1, "schedule.warmup_fraction",
+                 "must be in [0, 1) (a fraction of train.num_steps; 0 uses schedule.warmup_steps)")
         _require(self.cycle_steps >= 2, "schedule.cycle_steps", "must be >= 2")
         _require(0 <= self.end_lr_scale <= 1, "schedule.end_lr_scale", "must be in [0, 1]")
         # An exponential decay never reaches 0: "to 0" would fall 10x every few percent of the

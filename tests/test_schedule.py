@@ -62,3 +62,16 @@ def test_gumbel_temperature_decays_to_floor():
     assert gumbel_temperature(0) == 2.0
     assert gumbel_temperature(10**7) == 0.5
     assert 0.5 < gumbel_temperature(100_000) < 2.0
+
+
+def test_warmup_fraction_gives_runs_of_different_lengths_one_schedule_shape():
+    from speechbs.config import ScheduleConfig
+    from speechbs.train.schedule import lr_scale
+
+    sched = ScheduleConfig(kind="polynomial", warmup_steps=999, warmup_fraction=0.1)
+    short = [lr_scale(k, sched, 100) for k in range(0, 100, 10)]
+    long = [lr_scale(k, sched, 400) for k in range(0, 400, 40)]
+    assert short == pytest.approx(long)
+    assert lr_scale(10, sched, 100) == 1.0 and lr_scale(9, sched, 100) < 1.0  # warmup_steps is ignored
+    tri = ScheduleConfig(kind="tri_stage", warmup_fraction=0.5, end_lr_scale=0.05)
+    assert lr_scale(5, tri, 10) == 1.0 and lr_scale(4, tri, 10) < 1.0

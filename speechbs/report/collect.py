@@ -5,18 +5,25 @@ pretraining run directory (it has ``config.toml``), or a directory whose
 subdirectories are run directories. Per pretraining run the row holds the
 batch (``config.toml`` batch.seconds), the peak LR (optim.lr, lr_rule,
 reference_seconds), steps and hours seen (the last train row of
-``metrics.jsonl``), the final train loss (mean of the last N train rows), the
-final valid loss (the last valid row), the gradient noise scale and the
-gradient std (medians of the last N measurements of ``grad_noise_scale_s`` and
-``grad_std``), and WER/CER from every
-``decode/<split>/<test>/score.json`` of a sweep point. Anything missing is
-None in the row and a line in ``notes``, never an exception.
+``metrics.jsonl``; a step logged twice, as a resumed run replays the steps after
+its last checkpoint, counts once with its last record), the final train loss
+(mean of the last N train rows), the final valid loss (the last valid row), WER/CER
+from every ``decode/<split>/<test>/score.json`` of a sweep point, and every
+``noise.json`` of ``speechbs noise`` under the point's or run's ``noise/``.
+
+Gradient noise is compared like with like. The online ``noise_*`` values of
+different runs are taken at matched hours seen: each run's windowed value at
+its measurement nearest (in log hours) to the largest hours seen that every
+measuring run reached; the table's "noise at" column says which. Runs that differ only in ``run.seed`` form a :class:`Group`, whose
+numbers are mean and sample sd over its seeds. Anything missing is None in the
+row and a line in ``notes``, never an exception.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -59,15 +66,55 @@ class RunRow:
     """Gradient noise scale B_simple, s of audio."""
     grad_std: float | None = None
     """Per-parameter std of the step's gradient, averaged over parameters (the seed study's figure)."""
+    noise_hours: float | None = None
+    """Hours seen of the online measurement behind ``grad_noise_s`` and ``grad_std`` (the matched hours)."""
     scores: list[Score] = field(default_factory=list)
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     """(step, hours seen, train loss) for every train row: the loss curve plots."""
+    noise_series: list[tuple[float, float | None, float | None]] = field(default_factory=list)
+    """(hours seen, windowed B_simple s, windowed grad std at the run's batch) of every online measurement."""
+    fixed_noise: list[dict] = field(default_factory=list)
+    """``noise.json`` records of this run's checkpoints (fixed-state measurements)."""
+    seed: int | None = None
+    """``run.seed`` of the pretraining run."""
+    group_key: str = ""
+    """The config without ``run.seed``, ``run.name`` and ``run.output_dir``: equal for runs that differ only by seed."""
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed: one line of the table, one point (mean +- sd) of each plot."""
+
+    label: str
+    rows: list[RunRow]
+
+    @property
+    def batch_s(self) -> float | None:
+        return self.rows[0].batch_s
+
+    def values(self, attr: str) -> list[float]:
+        return [v for v in (getattr(r, attr) for r in self.rows) if v is not None]
+
+    def score_values(self, split: str, test: str, metric: str, milestone_h: float | None = None) -> list[float]:
+        return [getattr(s, metric) for r in self.rows for s in r.scores
+                if s.split == split and s.test == test and s.milestone_h == milestone_h
+                and getattr(s, metric) is not None]
+
+
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample sd (None for one value: no spread is known)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 @dataclass
 class Collected:
     rows: list[RunRow]
     notes: list[str]
+    groups: list[Group] = field(default_factory=list)
+    matched_hours: float | None = None
+    """Hours seen at which the online gradient noise of the runs is compared; None when none measured it."""
 
 
 def collect(paths: list[str | Path], last_rows: int = LAST_ROWS) -> Collected:
@@ -87,7 +134,38 @@ def collect(paths: list[str | Path], last_rows: int = LAST_ROWS) -> Collected:
         else:
             notes.append(f"{path}: not a sweep root, a run directory or a directory of run directories; skipped")
     rows.sort(key=lambda r: (r.batch_s if r.batch_s is not None else math.inf, r.label))
-    return Collected(rows, notes)
+    collected = Collected(rows, notes, groups=group_rows(rows))
+    collected.matched_hours = match_noise_hours(rows, notes)
+    return collected
+
+
+def group_rows(rows: list[RunRow]) -> list[Group]:
+    """Runs with equal ``group_key`` (all but the seed) in one group, in row order."""
+    groups: dict[str, list[RunRow]] = {}
+    for row in rows:
+        groups.setdefault(row.group_key or row.label, []).append(row)
+    out = []
+    for members in groups.values():
+        labels = {re.sub(r"-seed-?\d+$", "", r.label) for r in members}
+        out.append(Group(labels.pop() if len(labels) == 1 else members[0].label, members))
+    return out
+
+
+def match_noise_hours(rows: list[RunRow], notes: list[str]) -> float | None:
+    """Set each row's online noise values at the hours every measuring run reached; return those hours."""
+    measured = [r for r in rows if any(b is not None and h > 0 for h, b, _ in r.noise_series)]
+    if not measured:
+        return None
+    matched = min(max(h for h, b, _ in r.noise_series if b is not None) for r in measured)
+    for row in measured:
+        usable = [m for m in row.noise_series if m[0] > 0 and m[1] is not None]
+        hours, b_simple, grad_std = min(usable, key=lambda m: abs(math.log(m[0] / matched)))
+        row.grad_noise_s, row.grad_std, row.noise_hours = b_simple, grad_std, hours
+    if len(measured) > 1:
+        notes.append(f"online gradient noise (grad noise B, grad std) compared at {matched:.3g} h seen, the most "
+                     f"that every measuring run reached: different models at equal audio seen; the fixed-state "
+                     f"figure (speechbs noise) compares one model across batch sizes")
+    return matched
 
 
 def _point_order(path: Path) -> tuple[float, str]:
@@ -99,6 +177,8 @@ def read_point(point_dir: Path, notes: list[str], last_rows: int = LAST_ROWS) ->
     """A sweep point: its pretraining run plus every score under ``decode/``."""
     row = read_run(point_dir / "pretrain", point_dir.name, notes, last_rows)
     row.run_dir = point_dir
+    row.fixed_noise += [record for path in sorted(point_dir.glob("noise/**/noise.json"))
+                        if (record := _read_json(path, notes)) is not None]
     decode_dir = point_dir / "decode"
     for score_path in sorted(decode_dir.glob("*/*/score.json")) if decode_dir.is_dir() else []:
         split_tag, test = score_path.parent.parent.name, score_path.parent.name
@@ -124,6 +204,11 @@ def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_
     if config is None:
         notes.append(f"{label}: {run_dir / 'config.toml'} is missing or unreadable: batch and LR unknown")
     else:
+        run = dict(config.get("run", {}))
+        row.seed = run.pop("seed", None)
+        for key in ("name", "output_dir"):
+            run.pop(key, None)
+        row.group_key = json.dumps({**config, "run": run}, sort_keys=True, default=str)
         row.batch_s = _number(config.get("batch", {}).get("seconds"))
         row.num_steps = config.get("train", {}).get("num_steps")
         row.peak_lr = _peak_lr(config.get("optim", {}), row.batch_s)
@@ -135,19 +220,15 @@ def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_
         row.train_loss = statistics.fmean(losses) if losses else None
         row.curve = [(int(r["step"]), float(r.get("hours_seen", math.nan)), float(r["loss"]))
                      for r in train if _finite(r.get("loss"))]
-        row.grad_noise_s = _last_median(train, "grad_noise_scale_s", last_rows)
-        row.grad_std = _last_median(train, "grad_std", last_rows)
+        row.noise_series = [(float(r.get("hours_seen", math.nan)), _number(r.get("noise_b_simple_s")),
+                             _number(r.get("noise_grad_std_at_batch"))) for r in train if "noise_window" in r]
     if valid:
         row.valid_loss = _number(valid[-1].get("loss"))
+    row.fixed_noise = [record for path in sorted(run_dir.glob("noise/**/noise.json"))
+                       if (record := _read_json(path, notes)) is not None]
     if row.steps is not None and row.num_steps and row.steps < row.num_steps:
         notes.append(f"{label}: pretraining stopped at step {row.steps} of {row.num_steps} (unfinished)")
     return row
-
-
-def _last_median(rows: list[dict], key: str, last_rows: int) -> float | None:
-    """Median of the last ``last_rows`` finite values of ``key`` (measured every k steps only)."""
-    values = [r[key] for r in rows if _finite(r.get(key))]
-    return statistics.median(values[-last_rows:]) if values else None
 
 
 def _peak_lr(optim: dict[str, Any], batch_s: float | None) -> float | None:
@@ -175,7 +256,15 @@ def _read_metrics(path: Path, label: str, notes: list[str]) -> tuple[list[dict],
         (valid if row.get("kind") == "valid" else train).append(row)
     if num_bad:
         notes.append(f"{label}: {num_bad} unreadable line(s) in {path} skipped")
-    return train, valid
+    return _last_per_step(train), _last_per_step(valid)
+
+
+def _last_per_step(rows: list[dict]) -> list[dict]:
+    """One record per step, the last one written: a resume replays the steps after its checkpoint."""
+    last = {}
+    for row in rows:
+        last[row["step"]] = row
+    return sorted(last.values(), key=lambda r: r["step"])
 
 
 def _read_toml(path: Path) -> dict | None:

@@ -1,14 +1,18 @@
-"""The four report plots (matplotlib, Agg backend: no display needed).
+"""The report plots (matplotlib, Agg backend: no display needed).
 
-- ``wer_vs_batch.png``: WER (and CER, dashed) of each (split, test) against the pretraining batch, log x;
-- ``wer_vs_hours.png``: WER against hours of audio seen in pretraining (final and milestone
-  checkpoints), log x: the seed study's "data seen" view;
-- ``grad_noise_vs_batch.png``: the per-parameter gradient std against the batch, log-log, with
-  the 1/sqrt(2)-per-doubling slope the seed study found up to ~40 min, and beside it the
-  gradient noise scale B_simple (s of audio) against the batch with the B_simple = batch line;
+- ``wer_vs_batch.png``: WER (solid) and CER (dashed) of each (split, test) against the pretraining batch;
+- ``wer_vs_hours.png``: WER and CER against hours of audio seen in pretraining (final and milestone
+  checkpoints): the seed study's "data seen" view;
+- ``grad_noise_fixed_state.png``: from ``speechbs noise`` (``noise.json``): gradient std, B_simple and
+  gradient RMS against the batch, each checkpoint measured at every batch size (a fixed model state,
+  where the 1/sqrt(2)-per-doubling line applies);
+- ``grad_noise_vs_batch.png``: the online values of each run at matched hours seen (different models:
+  no 1/sqrt(2) line is drawn, since nothing predicts one across them), with the B_simple = batch line;
 - ``loss_curves.png``: pretraining train loss per batch size against steps and against hours seen.
 
-A plot with nothing to show is still written, with a line saying what is missing.
+Batch axes are ticked at the batch sizes that ran. Runs that differ only by seed are one point, their
+mean, with a bar of +- one sample sd. A plot with nothing to show is still written, with a line
+saying what is missing.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from speechbs.report.collect import Collected
+from speechbs.report.collect import Collected, mean_sd
 from speechbs.report.table import score_columns
 
-PLOT_NAMES = ("wer_vs_batch.png", "wer_vs_hours.png", "grad_noise_vs_batch.png", "loss_curves.png")
+PLOT_NAMES = ("wer_vs_batch.png", "wer_vs_hours.png", "grad_noise_fixed_state.png", "grad_noise_vs_batch.png",
+              "loss_curves.png")
 
 
 def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
@@ -29,7 +34,7 @@ def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    writers = (_wer_vs_batch, _wer_vs_hours, _noise_vs_batch, _loss_curves)
+    writers = (_wer_vs_batch, _wer_vs_hours, _fixed_state, _noise_vs_batch, _loss_curves)
     paths = []
     for name, writer in zip(PLOT_NAMES, writers):
         fig = writer(plt, collected)
@@ -44,82 +49,106 @@ def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=10, wrap=True)
 
 
+def _errorbar(ax, points: list[tuple[float, list[float]]], **style) -> None:
+    """Mean +- sd over seeds at each x (no bar for a single seed)."""
+    xs, means, sds = [], [], []
+    for x, values in sorted(points):
+        mean, sd = mean_sd(values)
+        xs.append(x)
+        means.append(mean)
+        sds.append(sd or 0.0)
+    ax.errorbar(xs, means, yerr=sds if any(sds) else None, marker="o", capsize=3, **style)
+
+
 def _wer_vs_batch(plt, collected: Collected):
     fig, ax = plt.subplots(figsize=(6, 4))
     pairs = score_columns(collected)
     for split, test in pairs:
         for metric, style in (("wer", "-"), ("cer", "--")):  # CER too: small models sit near 100% WER
-            points = sorted((r.batch_s, getattr(s, metric)) for r in collected.rows for s in r.scores
-                            if r.batch_s is not None and getattr(s, metric) is not None and s.milestone_h is None
-                            and s.split == split and s.test == test)
+            points = [(g.batch_s, g.score_values(split, test, metric)) for g in collected.groups
+                      if g.batch_s is not None and g.score_values(split, test, metric)]
             if points:
-                ax.plot(*zip(*points), marker="o", linestyle=style, label=f"{metric.upper()} {split} / {test}")
-    ax.set_xscale("log")
+                _errorbar(ax, points, linestyle=style, label=f"{metric.upper()} {split} / {test}")
+    batch_axis(ax, [g.batch_s for g in collected.groups])
     ax.set_xlabel("pretraining batch (s of audio per step)")
     ax.set_ylabel("WER (solid) / CER (dashed), %")
-    ax.set_title("WER and CER vs batch size")
+    ax.set_title("WER and CER vs batch size" + _seeds_note(collected))
     if pairs:
-        ax.legend(title="fine-tune / test")
+        ax.legend(title="fine-tune / test", fontsize=8)
     else:
         _empty(ax, "no score.json found: no fine-tuned and scored runs yet")
     return fig
 
 
+def _seeds_note(collected: Collected) -> str:
+    most = max((len(g.rows) for g in collected.groups), default=1)
+    return f"\n(mean +- sd over up to {most} seeds)" if most > 1 else ""
+
+
 def _wer_vs_hours(plt, collected: Collected):
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
-    for row in collected.rows:
-        for split, test in {(s.split, s.test) for s in row.scores}:
-            points = sorted((s.hours_seen, s.wer) for s in row.scores if s.split == split and s.test == test
-                            and s.hours_seen and s.wer is not None)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=f"{row.label}: {split} / {test}")
-                drawn = True
+    for group in collected.groups:
+        pairs = {(s.split, s.test) for r in group.rows for s in r.scores}
+        for split, test in sorted(pairs):
+            for metric, style in (("wer", "-"), ("cer", "--")):
+                by_hours: dict[float, list[float]] = {}
+                for row in group.rows:
+                    for s in row.scores:
+                        value = getattr(s, metric)
+                        if s.split == split and s.test == test and s.hours_seen and value is not None:
+                            by_hours.setdefault(round(s.hours_seen, 3), []).append(value)
+                if by_hours:
+                    _errorbar(ax, list(by_hours.items()), linestyle=style,
+                              label=f"{group.label}: {metric.upper()} {split} / {test}")
+                    drawn = True
     ax.set_xlabel("hours of audio seen in pretraining")
-    ax.set_ylabel("WER (%)")
-    ax.set_title("WER vs hours seen")
+    ax.set_ylabel("WER (solid) / CER (dashed), %")
+    ax.set_title("WER and CER vs hours seen" + _seeds_note(collected))
     if drawn:
         ax.set_xscale("log")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     else:
         _empty(ax, "no scored runs with hours seen yet")
     return fig
 
 
-def _noise_vs_batch(plt, collected: Collected):
-    """Left: gradient std against the batch (the seed study's figure); right: B_simple against it.
+def _fixed_state(plt, collected: Collected):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    records = [dict(r, label=f"{row.label}, step {r.get('step')} ({r.get('hours_seen') or 0:.3g} h)")
+               for row in collected.rows for r in row.fixed_noise]
+    if records:
+        fixed_state_axes(axes, records)
+        fig.suptitle("gradient noise at fixed states: each checkpoint measured at every batch size (speechbs noise)")
+    else:
+        for ax in axes:
+            _empty(ax, "no noise.json found\n(run `speechbs noise CHECKPOINT ... --out\n<point>/noise/<name>`)")
+    fig.tight_layout()
+    return fig
 
-    The std of a step's gradient falls as 1/sqrt(batch) while the batch is noise-dominated (the
-    dashed slope); where it stops falling, more audio per step no longer buys a better gradient.
-    B_simple is a property of the model at that point of training, not of the batch: a point
-    above the dashed diagonal (batch = B_simple) trained below its critical batch, one below it
-    beyond.
-    """
+
+def _noise_vs_batch(plt, collected: Collected):
+    """Online values at matched hours seen: each point is another model, so no slope is implied."""
     fig, (std_ax, scale_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, attr, key, ylabel, title in (
-            (std_ax, "grad_std", "grad_std", "gradient std per parameter", "gradient std vs batch size"),
-            (scale_ax, "grad_noise_s", "grad_noise_scale_s", "gradient noise scale B_simple (s)",
-             "critical batch estimate vs batch")):
+    hours = collected.matched_hours
+    for ax, attr, ylabel in ((std_ax, "grad_std", "gradient std at the run's batch"),
+                             (scale_ax, "grad_noise_s", "gradient noise scale B_simple (s)")):
         ax.set_xlabel("pretraining batch (s of audio per step)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        points = sorted((r.batch_s, getattr(r, attr)) for r in collected.rows
-                        if r.batch_s is not None and getattr(r, attr) is not None and getattr(r, attr) > 0)
+        points = [(g.batch_s, g.values(attr)) for g in collected.groups if g.batch_s is not None and g.values(attr)]
+        points = [(x, [v for v in values if v > 0]) for x, values in points if any(v > 0 for v in values)]
         if not points:
-            _empty(ax, f"no {key} in metrics.jsonl\n(set train.grad_noise_every > 0;\n"
-                       "needs >= 2 micro-batches per step)")
+            _empty(ax, "no noise_* values in metrics.jsonl\n(set train.grad_noise_every > 0)")
             continue
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label="measured (median of the last rows)")
-        if attr == "grad_std":  # pure noise: a factor 1/sqrt(2) per doubling, through the first point
-            ax.plot(xs, [ys[0] * (x / xs[0]) ** -0.5 for x in xs], linestyle="--", color="gray",
-                    label="1/sqrt(2) per doubling")
-        else:
-            low, high = min(min(xs), min(ys)), max(max(xs), max(ys))
-            ax.plot([low, high], [low, high], linestyle="--", color="gray", label="B_simple = batch")
-        ax.set_xscale("log")
+        _errorbar(ax, points, label=f"online, at {hours:.3g} h seen")
+        if attr == "grad_noise_s":
+            xs = [x for x, _ in points]
+            ax.plot([min(xs), max(xs)], [min(xs), max(xs)], linestyle="--", color="gray", label="B_simple = batch")
+        batch_axis(ax, [x for x, _ in points])
         ax.set_yscale("log")
         ax.legend(fontsize=8)
+    fig.suptitle("online gradient noise, each run at matched hours seen (different models; see the fixed-state figure)"
+                 if hours is not None else "online gradient noise")
     return fig
 
 
@@ -130,7 +159,8 @@ def _loss_curves(plt, collected: Collected):
         if not row.curve:
             continue
         steps, hours, losses = zip(*row.curve)
-        label = f"{row.batch_s:g} s" if row.batch_s is not None else row.label
+        label = f"{row.batch_s:g} s" + (f" seed {row.seed}" if row.seed is not None and len(collected.rows) > len(
+            collected.groups) else "") if row.batch_s is not None else row.label
         by_step.plot(steps, losses, label=label, linewidth=1)
         by_hours.plot(hours, losses, label=label, linewidth=1)
         drawn = True
@@ -140,7 +170,7 @@ def _loss_curves(plt, collected: Collected):
         ax.set_ylabel("pretraining train loss")
     fig.suptitle("pretraining loss per batch size")
     if drawn:
-        by_step.legend(title="batch")
+        by_step.legend(title="batch", fontsize=7)
     else:
         _empty(by_step, "no metrics.jsonl with train losses found")
     return fig
@@ -172,7 +202,7 @@ def fixed_state_axes(axes, records: list[dict]) -> None:
             continue
         xs = [r["batch_s"] for r in rows]  # the std is computed at the real seconds; the axis names the setting
         batches += [r["batch_s"] for r in rows]
-        label = f"step {record.get('step')} ({record.get('hours_seen') or 0:.3g} h seen)"
+        label = record.get("label") or f"step {record.get('step')} ({record.get('hours_seen') or 0:.3g} h seen)"
         for ax, key in ((std_ax, "grad_std"), (b_ax, "b_simple_s"), (rms_ax, "grad_rms")):
             points = [(x, r[key], r.get(f"{key}_ci") or [None, None]) for x, r in zip(xs, rows) if r.get(key)]
             if not points:

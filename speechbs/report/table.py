@@ -1,6 +1,6 @@
-"""The report table: one row per pretraining run, as Markdown and CSV.
+"""The report table: one row per group of pretraining runs that differ only by seed, as Markdown and CSV.
 
-Missing values are ``-`` in Markdown and empty in CSV. WER/CER columns are
+A group of several seeds shows mean ± sample sd; missing values are ``-`` in Markdown and empty in CSV. WER/CER columns are
 named ``WER <split>/<test>`` for every (fine-tuning split, test set) found;
 scores of milestone checkpoints go to a second table (hours seen x WER).
 """
@@ -10,13 +10,19 @@ from __future__ import annotations
 import csv
 import io
 
-from speechbs.report.collect import Collected, RunRow
+from speechbs.report.collect import Collected, mean_sd
 
-BASE_COLUMNS = ["run", "batch_s", "batch_min", "peak_lr", "steps", "hours_seen", "train_loss", "valid_loss",
-                "grad_noise_s", "grad_std"]
-HEADERS = {"run": "run", "batch_s": "batch (s)", "batch_min": "batch (min)", "peak_lr": "peak LR",
+BASE_COLUMNS = ["run", "seeds", "batch_s", "batch_min", "peak_lr", "steps", "hours_seen", "train_loss",
+                "valid_loss", "noise_hours", "grad_noise_s", "grad_std"]
+HEADERS = {"run": "run", "seeds": "seeds", "batch_s": "batch (s)", "batch_min": "batch (min)", "peak_lr": "peak LR",
            "steps": "steps", "hours_seen": "hours seen", "train_loss": "final train loss",
-           "valid_loss": "final valid loss", "grad_noise_s": "grad noise B (s)", "grad_std": "grad std"}
+           "valid_loss": "final valid loss", "noise_hours": "noise at (h seen)", "grad_noise_s": "grad noise B (s)",
+           "grad_std": "grad std"}
+_ROW_ATTRS = ("batch_s", "batch_min", "peak_lr", "steps", "hours_seen", "train_loss", "valid_loss", "noise_hours",
+              "grad_noise_s", "grad_std")
+
+Cell = tuple[float | None, float | None]
+"""(mean, sample sd) over a group's seeds; sd None for a single run."""
 
 
 def score_columns(collected: Collected) -> list[tuple[str, str]]:
@@ -29,40 +35,41 @@ def score_columns(collected: Collected) -> list[tuple[str, str]]:
     return pairs
 
 
-def table_rows(collected: Collected) -> tuple[list[str], list[list[float | int | str | None]]]:
-    """Column names and raw values (None where missing)."""
+def table_rows(collected: Collected) -> tuple[list[str], list[list[str | int | Cell]]]:
+    """Column names and, per group of seeds, its label, its number of runs and a (mean, sd) per column."""
     pairs = score_columns(collected)
     columns = BASE_COLUMNS + [f"{m} {s}/{t}" for s, t in pairs for m in ("WER", "CER")]
     values = []
-    for row in collected.rows:
-        line: list[float | int | str | None] = [
-            row.label, row.batch_s, None if row.batch_s is None else row.batch_s / 60, row.peak_lr, row.steps,
-            row.hours_seen, row.train_loss, row.valid_loss, row.grad_noise_s, row.grad_std]
+    for group in collected.groups:
+        line: list[str | int | Cell] = [group.label, len(group.rows)]
+        for attr in _ROW_ATTRS:
+            if attr == "batch_min":
+                line.append(mean_sd([b / 60 for b in group.values("batch_s")]))
+            else:
+                line.append(mean_sd(group.values(attr)))
         for split, test in pairs:
-            score = _final_score(row, split, test)
-            line += [score.wer if score else None, score.cer if score else None]
+            line += [mean_sd(group.score_values(split, test, "wer")), mean_sd(group.score_values(split, test, "cer"))]
         values.append(line)
     return columns, values
 
 
-def _final_score(row: RunRow, split: str, test: str):
-    return next((s for s in row.scores if s.milestone_h is None and s.split == split and s.test == test), None)
-
-
-def _fmt(column: str, value: float | int | str | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if column in ("steps",):
-        return f"{int(value)}"
+def _number(column: str, value: float) -> str:
+    if column == "steps":
+        return f"{value:.0f}"
     if column == "peak_lr":
         return f"{value:.3g}"
     if column.startswith(("WER", "CER")):
         return f"{value:.1f}"
-    if column in ("batch_s", "batch_min", "hours_seen"):
-        return f"{value:.4g}"
     return f"{value:.4g}"
+
+
+def _fmt(column: str, value: str | int | Cell) -> str:
+    if not isinstance(value, tuple):
+        return str(value)
+    mean, sd = value
+    if mean is None:
+        return "-"
+    return _number(column, mean) + (f" ± {_number(column, sd)}" if sd is not None else "")
 
 
 def markdown(collected: Collected) -> str:
@@ -71,6 +78,8 @@ def markdown(collected: Collected) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for line in values:
         lines.append("| " + " | ".join(_fmt(c, v) for c, v in zip(columns, line)) + " |")
+    if any(len(g.rows) > 1 for g in collected.groups):
+        lines += ["", "Runs that differ only by seed are one line: mean ± sample sd over the seeds."]
     milestones = milestone_markdown(collected)
     if milestones:
         lines += ["", "Milestone checkpoints (fine-tuned at hours seen):", "", milestones]
@@ -85,16 +94,20 @@ def milestone_markdown(collected: Collected) -> str:
         return ""
     lines = ["| run | hours seen | split | test | WER | CER |", "|---|---|---|---|---|---|"]
     for label, s in sorted(rows, key=lambda x: (x[0], x[1].milestone_h, x[1].split, x[1].test)):
-        lines.append(f"| {label} | {s.milestone_h:g} | {s.split} | {s.test} | {_fmt('WER', s.wer)} | "
-                     f"{_fmt('CER', s.cer)} |")
+        lines.append(f"| {label} | {s.milestone_h:g} | {s.split} | {s.test} | {_fmt('WER', (s.wer, None))} | "
+                     f"{_fmt('CER', (s.cer, None))} |")
     return "\n".join(lines)
 
 
 def to_csv(collected: Collected) -> str:
+    """One line per group: the mean of each column and, beside it, ``<column>_sd`` (empty for one run)."""
     columns, values = table_rows(collected)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow(columns[:2] + [name for c in columns[2:] for name in (c, f"{c}_sd")])
     for line in values:
-        writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in line])
+        cells: list[str | int] = [line[0], line[1]]
+        for mean, sd in line[2:]:
+            cells += ["" if mean is None else f"{mean:.6g}", "" if sd is None else f"{sd:.6g}"]
+        writer.writerow(cells)
     return buffer.getvalue()

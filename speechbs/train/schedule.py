@@ -26,9 +26,15 @@ def peak_lr(optim: OptimConfig, batch_seconds: float) -> float:
     return optim.lr * ratio**exponent
 
 
+def warmup_steps(sched: ScheduleConfig, num_steps: int) -> int:
+    """Warm-up steps: ``warmup_fraction`` of the run when it is set, else ``warmup_steps``; never past the end."""
+    steps = round(sched.warmup_fraction * num_steps) if sched.warmup_fraction > 0 else sched.warmup_steps
+    return min(steps, num_steps)
+
+
 def lr_scale(step: int, sched: ScheduleConfig, num_steps: int) -> float:
     """LR at ``step`` (0-based, the step about to be taken) as a fraction of the peak."""
-    warmup = min(sched.warmup_steps, num_steps)
+    warmup = warmup_steps(sched, num_steps)
     if sched.kind == "constant":
         return _warmup(step, warmup, 0.0) if step < warmup else 1.0
     if sched.kind == "polynomial":
@@ -60,7 +66,7 @@ def _warmup(step: int, warmup: int, start: float) -> float:
 
 def _tri_stage(step: int, sched: ScheduleConfig, num_steps: int) -> float:
     """fairseq's tri_stage: linear warm-up from init scale, hold, exponential decay to the end scale."""
-    warmup, hold = sched.warmup_steps, sched.hold_steps
+    warmup, hold = warmup_steps(sched, num_steps), sched.hold_steps
     if step < warmup:
         return _warmup(step, warmup, sched.init_lr_scale)
     if step < warmup + hold:

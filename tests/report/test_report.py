@@ -1,4 +1,4 @@
-"""speechbs report: table values, CSV and the four plots from run directories written here."""
+"""speechbs report: table values, CSV and the plots from run directories written here."""
 
 from __future__ import annotations
 
@@ -14,18 +14,20 @@ from speechbs.report import PLOT_NAMES, collect, markdown, to_csv
 
 
 def write_point(root: Path, name: str, batch_s: float, *, noise: bool = True, wer: float | None = None,
-                milestone_wer: float | None = None) -> Path:
+                milestone_wer: float | None = None, seed: int = 1, replay: bool = False) -> Path:
     run = root / "points" / name / "pretrain"
     run.mkdir(parents=True)
-    (run / "config.toml").write_text(f"[batch]\nseconds = {batch_s}\n[optim]\nlr = 5e-4\nlr_rule = \"sqrt\"\n"
+    (run / "config.toml").write_text(f"[run]\nname = \"pretrain\"\nseed = {seed}\n[batch]\nseconds = {batch_s}\n"
+                                     f"[optim]\nlr = 5e-4\nlr_rule = \"sqrt\"\n"
                                      f"reference_seconds = 6000.0\n[train]\nnum_steps = 20\n")
     rows = []
     for step in range(1, 21):
         row = {"step": step, "kind": "train", "loss": float(step), "hours_seen": step * batch_s / 3600}
         if noise and step % 5 == 0:
-            row["grad_noise_scale_s"] = batch_s * step  # median of the last rows is easy to check
-            row["grad_std"] = step / batch_s
+            row.update(noise_window=step / 5, noise_b_simple_s=batch_s * step, noise_grad_std_at_batch=step / batch_s)
         rows.append(row)
+        if replay and step == 12:  # a resume from step 8 logs steps 9-12 again; the later record counts
+            rows += [dict(r, loss=-1.0) for r in rows[8:12]]
     rows.append({"step": 20, "kind": "valid", "loss": 3.25})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 21, "lo')
     for split, value in (("train", wer), ("train@0.1h", milestone_wer)):
@@ -54,8 +56,6 @@ def test_table_values_come_from_the_run_directories(sweep_root):
     assert row.train_loss == pytest.approx(sum(range(11, 21)) / 10)  # mean of the last 10 train rows
     assert row.valid_loss == 3.25
     assert row.peak_lr == pytest.approx(5e-4 * (600 / 6000) ** 0.5)
-    assert row.grad_noise_s == pytest.approx(600 * 12.5)  # median of 3000, 6000, 9000, 12000
-    assert row.grad_std == pytest.approx(12.5 / 600)
     assert rows["bs87.5s"].grad_noise_s is None and rows["bs87.5s"].grad_std is None
     assert any("unreadable line" in n for n in collected.notes)
     assert any("bs6000s" in n and "not fine-tuned" in n for n in collected.notes)
@@ -64,9 +64,45 @@ def test_table_values_come_from_the_run_directories(sweep_root):
     main_table = table.split("Milestone")[0]
     lines = {line.split("|")[1].strip(): line for line in main_table.splitlines() if line.startswith("| bs")}
     assert "| 40.0 | 20.0 |" in lines["bs600s"]
-    assert lines["bs87.5s"].split("|")[9].strip() == "-"  # no noise measured
+    assert lines["bs87.5s"].split("|")[11].strip() == "-"  # no noise measured
     assert lines["bs6000s"].rstrip().endswith("| - | - |")  # no scores
     assert "Milestone checkpoints" in table and "| bs600s | 0.1 | train | test | 50.0 | 25.0 |" in table
+
+
+def test_online_noise_is_compared_at_matched_hours_seen(sweep_root):
+    """bs600s reaches 3.33 h, bs6000s 33.3 h: both are read at their measurement nearest 3.33 h."""
+    collected = collect([sweep_root])
+    rows = {r.label: r for r in collected.rows}
+    assert collected.matched_hours == pytest.approx(20 * 600 / 3600)
+    assert rows["bs600s"].grad_noise_s == 600 * 20 and rows["bs600s"].noise_hours == pytest.approx(3.333, rel=1e-3)
+    # bs6000s measured at 8.3, 16.7, 25 and 33.3 h: the nearest to 3.33 h is its first, at step 5.
+    assert rows["bs6000s"].grad_noise_s == 6000 * 5 and rows["bs6000s"].grad_std == pytest.approx(5 / 6000)
+    assert any("compared at 3.33 h seen" in n for n in collected.notes)
+
+
+def test_seeds_become_mean_and_sd(tmp_path):
+    root = tmp_path / "sweep"
+    write_point(root, "bs60s-seed1", 60.0, wer=40.0, seed=1)
+    write_point(root, "bs60s-seed2", 60.0, wer=44.0, seed=2)
+    write_point(root, "bs120s-seed1", 120.0, wer=30.0, seed=1)
+    collected = collect([root])
+    assert [(g.label, len(g.rows)) for g in collected.groups] == [("bs60s", 2), ("bs120s", 1)]
+    table = markdown(collected)
+    line = next(line for line in table.splitlines() if line.startswith("| bs60s "))
+    assert "| 2 |" in line and "42.0 ± 2.8" in line and "21.0 ± 1.4" in line
+    assert "mean ± sample sd" in table
+    by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(to_csv(collected)))}
+    assert float(by_run["bs60s"]["WER train/test"]) == 42.0
+    assert float(by_run["bs60s"]["WER train/test_sd"]) == pytest.approx(2.828, rel=1e-3)
+    assert by_run["bs120s"]["WER train/test_sd"] == ""
+
+
+def test_replayed_steps_after_a_resume_count_once(tmp_path):
+    root = tmp_path / "sweep"
+    write_point(root, "bs60s", 60.0, replay=True)
+    row = collect([root]).rows[0]
+    assert [step for step, _, _ in row.curve] == list(range(1, 21))
+    assert all(loss == -1.0 for step, _, loss in row.curve if 9 <= step <= 12)  # the later records
 
 
 def test_csv_has_raw_numbers_and_empty_cells(sweep_root):
@@ -77,7 +113,22 @@ def test_csv_has_raw_numbers_and_empty_cells(sweep_root):
     assert by_run["bs6000s"]["WER train/test"] == "" and by_run["bs87.5s"]["grad_noise_s"] == ""
 
 
-def test_cli_writes_table_csv_and_four_plots(sweep_root, tmp_path, capsys):
+def test_fixed_state_noise_json_is_read_and_plotted(sweep_root, tmp_path):
+    record = {"model": "wav2vec2", "step": 20, "hours_seen": 3.3, "repeats": 10, "batches": [
+        {"batch_s": b, "real_s_mean": b, "grad_std": 0.1 * (15 / b) ** 0.5, "grad_std_ci": [0.05, 0.2],
+         "b_simple_s": 40.0, "b_simple_s_ci": [20.0, None], "grad_rms": 0.2, "grad_rms_ci": [0.1, 0.3]}
+        for b in (15.0, 30.0, 60.0)]}
+    noise_dir = sweep_root / "points" / "bs600s" / "noise" / "step20"
+    noise_dir.mkdir(parents=True)
+    (noise_dir / "noise.json").write_text(json.dumps(record))
+    collected = collect([sweep_root])
+    assert next(r for r in collected.rows if r.label == "bs600s").fixed_noise[0]["step"] == 20
+    out = tmp_path / "report"
+    assert cli_main(["report", str(sweep_root), "--out", str(out)]) == 0
+    assert (out / "grad_noise_fixed_state.png").stat().st_size > 20_000
+
+
+def test_cli_writes_table_csv_and_the_plots(sweep_root, tmp_path, capsys):
     out = tmp_path / "report"
     assert cli_main(["report", str(sweep_root), "--out", str(out)]) == 0
     for name in ("table.md", "table.csv", *PLOT_NAMES):
@@ -96,5 +147,5 @@ def test_missing_pieces_never_crash(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert all((out / name).is_file() for name in PLOT_NAMES)
     text = (out / "table.md").read_text()
-    assert "| r1 | - |" in text and "config.toml is missing or unreadable" in text
+    assert "| r1 | 1 | - |" in text and "config.toml is missing or unreadable" in text
     assert cli_main(["report", str(tmp_path / "nope")]) == 2

@@ -37,7 +37,7 @@ def write_run(run_dir: Path, num_steps: int, batch_s: float, milestone_hours: li
     for step in range(1, num_steps + 1):
         hours = step * batch_s / 3600
         rows.append({"step": step, "kind": "train", "loss": 5.0 - step / num_steps, "hours_seen": hours,
-                     "batch_s": batch_s, "grad_noise_scale_s": 100.0 / batch_s ** 0.5})
+                     "batch_s": batch_s, "noise_window": 1, "noise_b_simple_s": 100.0 / batch_s ** 0.5})
         if marks and hours >= marks[0]:
             while marks and hours >= marks[0]:
                 marks.pop(0)

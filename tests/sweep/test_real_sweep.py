@@ -46,9 +46,9 @@ def test_two_point_sweep_end_to_end_with_real_stages(builtin_corpus_2min, tmp_pa
     table = {row[0]: dict(zip(columns, row)) for row in values}
     assert sorted(table) == ["bs16s", "bs32s"]
     for row in table.values():
-        assert row["steps"] == 3 and row["hours_seen"] > 0 and row["train_loss"] > 0
-        assert 0 <= row["CER train/test"] and 0 <= row["WER train/test"]  # scored, whatever the value
-        assert row["grad_std"] > 0
+        assert row["steps"][0] == 3 and row["hours_seen"][0] > 0 and row["train_loss"][0] > 0
+        assert 0 <= row["CER train/test"][0] and 0 <= row["WER train/test"][0]  # scored, whatever the value
+        assert row["grad_std"][0] > 0
     assert {p.name for p in write_report(collected, tmp_path / "report")} >= set(PLOT_NAMES)
     # Started again, it finds every stage finished and runs nothing.
     assert run_sweep(plan, SubprocessRunner(), say=lambda message: None).counts() == {"done": 8}
