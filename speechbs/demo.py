@@ -3,7 +3,8 @@
 1. builds the built-in synthetic corpus when it is missing (a no-op when it is there);
 2. runs the sweep ``recipes/sweeps/demo.toml``: a tiny wav2vec 2.0 pretrained at three
    batch sizes on the same hours of audio (the fair budget), each fine-tuned with CTC on
-   the corpus's labeled train split, decoded and scored on its test split;
+   the corpus's labeled train split, decoded and scored on its test split, and the 30 s
+   point's final checkpoint measured for gradient noise at three batch sizes;
 3. prints the report table (batch, peak LR, steps, hours seen, losses, gradient noise,
    WER/CER) and where the plots are.
 
@@ -34,11 +35,13 @@ How to read this: a tiny model (0.3 M parameters) on 48 minutes of synthetic spe
 point saw the same hours of audio, so the larger batches took fewer, larger steps (sqrt-scaled
 LR). Read CER: a model this small spells few whole words right, so WER stays near 100%.
 Fine-tuning alone moves a point's dev CER by about 5-8 points from seed to seed (measured at
-15 s and 60 s); add seeds with grid.seed. "grad std" is the seed study's gradient-noise measure
-(1/sqrt(2) per doubling of the batch while noise dominates); a B_simple below the batch means
-the batch was larger than that point of training could use. The seed study's effects need
-BASE models and LibriSpeech (recipes/librispeech/); this corpus is for plumbing and relative
-comparisons (docs/corpus.md)."""
+15 s and 60 s); add seeds with grid.seed. The table's grad noise B and grad std are each run's
+online values at the end of its run: equal hours seen, but different models, so they do not
+show what the batch alone does. grad_noise_fixed_state.png does: the 30 s point's final
+checkpoint measured at 15, 30 and 60 s (speechbs noise), where the std falls 1/sqrt(2) per
+doubling by arithmetic and a B_simple below a batch says that batch is past what this model
+can use. The seed study's effects need BASE models and LibriSpeech (recipes/librispeech/);
+this corpus is for plumbing and relative comparisons (docs/corpus.md)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +86,8 @@ def _point_tests_at(plan: SweepPlan, manifest_dir: Path) -> None:
         spec.set = [*spec.set, f"data.valid_manifest={toml_str(manifest_dir / 'valid.tsv')}"]
     for test in plan.cfg.test:
         test.manifest = str(manifest_dir / f"{Path(test.manifest).stem}.tsv")
+    for noise in plan.cfg.noise:
+        noise.manifest = str(manifest_dir / f"{Path(noise.manifest).stem}.tsv")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ A sweep recipe is a TOML file with four parts::
     [grid]         the axes: batch seconds (required), LR rule, model size, seed
     [[finetune]]   one table per labeled split to fine-tune every checkpoint on
     [[test]]       one table per test set to decode and score every fine-tuned model on
+    [[noise]]      fixed-state gradient noise (``speechbs noise``) of chosen pretrained checkpoints
 
 Recipe paths (``pretrain_recipe``, ``[[finetune]].recipe``) are relative to the
 sweep file, so a sweep travels with its recipes; manifests are relative to the
@@ -147,6 +148,48 @@ class TestSpec:
 
 
 @dataclass(kw_only=True)
+class NoiseSpec:
+    """``[[noise]]``: gradient noise at fixed states (``speechbs noise``) of pretrained checkpoints."""
+
+    name: str = "noise"
+    """Short name: the output goes to ``points/<point>/noise/<name>-step<N>/noise.json``."""
+
+    manifest: str = ""
+    """Manifest the independent batches are drawn from (it must hold ``repeats`` disjoint largest batches)."""
+
+    batch_seconds: list[float] = field(default_factory=lambda: [15.0, 30.0, 60.0, 120.0])
+    """Batch sizes to measure each checkpoint at, s of audio."""
+
+    repeats: int = 10
+    """Independent batches per batch size."""
+
+    steps: list[int] = field(default_factory=list)
+    """Checkpoint steps to measure (kept as ``train.milestone_steps``; a point's last step is its final
+    checkpoint; steps past a point's end are skipped); empty: each point's final checkpoint."""
+
+    points: list[float] = field(default_factory=list)
+    """Batch sizes (``grid.batch_seconds``) of the points to measure, s; empty: every point."""
+
+    seeds: list[int] = field(default_factory=list)
+    """Seeds (``grid.seed``) of the points to measure; empty: every seed."""
+
+    set: list[str] = field(default_factory=list)
+    """Extra ``--set`` overrides of the checkpoint's config (e.g. ``batch.max_device_seconds=30``)."""
+
+    def measures(self, batch_s: float, seed: int | None) -> bool:
+        """Whether the point of this batch (and grid seed, None without a seed axis) is measured."""
+        return (not self.points or batch_s in self.points) and (not self.seeds or seed is None or seed in self.seeds)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "noise.name", "is required: a short name without '/'")
+        _require(bool(self.manifest), f"noise[{self.name}].manifest", "is required (a .tsv manifest)")
+        _require(bool(self.batch_seconds) and all(b > 0 for b in self.batch_seconds),
+                 f"noise[{self.name}].batch_seconds", "must be a non-empty list of positive seconds")
+        _require(self.repeats >= 2, f"noise[{self.name}].repeats", "must be >= 2 (10 or more is useful)")
+        _require(all(k >= 1 for k in self.steps), f"noise[{self.name}].steps", "must all be >= 1")
+
+
+@dataclass(kw_only=True)
 class SweepConfig:
     """A whole sweep recipe."""
 
@@ -162,8 +205,11 @@ class SweepConfig:
     test: list[TestSpec] = field(default_factory=list)
     """Test sets to decode and score (needs at least one ``[[finetune]]``)."""
 
+    noise: list[NoiseSpec] = field(default_factory=list)
+    """Fixed-state gradient-noise measurements of the pretrained checkpoints (none: no noise stage)."""
+
     def __post_init__(self) -> None:
-        for key, items in (("finetune", self.finetune), ("test", self.test)):
+        for key, items in (("finetune", self.finetune), ("test", self.test), ("noise", self.noise)):
             names = [item.name for item in items]
             _require(len(set(names)) == len(names), key, f"names must differ, got {names}")
         _require(not self.test or bool(self.finetune), "test",

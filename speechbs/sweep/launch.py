@@ -76,15 +76,16 @@ def point_script(plan: SweepPlan, point: Point, nproc_per_node: int) -> str:
             lines.append(f"CKPT={q(str(run_dir / 'checkpoints' / 'best.pt'))}; "
                          f"[[ -f $CKPT ]] || CKPT={q(str(run_dir))}")
             lines.append(f'[[ -f {q(str(stage.out_dir / "decode.json"))} ]] || "${{RUN[@]}}" decode "$CKPT" {rest}')
-        else:
-            lines.append(f'[[ -f {q(str(stage.out_dir / "score.json"))} ]] || "${{RUN[@]}}" {command}')
-    if plan.cfg.sweep.finetune_milestones:
+        else:  # score.json and noise.json are written last
+            done = stage.out_dir / ("noise.json" if stage.kind == "noise" else "score.json")
+            lines.append(f'[[ -f {q(str(done))} ]] || "${{RUN[@]}}" {command}')
+    if plan.cfg.sweep.finetune_milestones or any(spec.steps for spec in plan.cfg.noise):
         sweep_args = [str(plan.recipe_path), "--out", str(plan.root), "--point", point.name,
                       "--nproc-per-node", "$NPROC"]
         for item in plan.overrides:
             sweep_args += ["--set", item]
         quoted = " ".join('"$NPROC"' if a == "$NPROC" else q(a) for a in sweep_args)
-        lines.append("# milestone checkpoints: fine-tune, decode and score each (their names exist only now)")
+        lines.append("# milestone checkpoints: fine-tune, decode, score and measure each (their names exist only now)")
         lines.append(f'"${{RUN[@]}}" sweep {quoted}')
     return "\n".join(lines) + "\n"
 

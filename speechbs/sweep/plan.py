@@ -28,7 +28,7 @@ from typing import Any
 
 from speechbs.configio import _set_dotted, build, config_hash, load_config, parse_override, read_toml, toml_str
 from speechbs.errors import ConfigError
-from speechbs.sweep.config import FinetuneSpec, GridSection, SweepConfig, SweepSection, TestSpec
+from speechbs.sweep.config import FinetuneSpec, GridSection, NoiseSpec, SweepConfig, SweepSection, TestSpec
 from speechbs.train.schedule import peak_lr
 
 
@@ -76,9 +76,9 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if "sweep" not in tree:
         raise ConfigError(f"{source}: a sweep recipe needs a [sweep] table (is this a pretraining recipe? "
                           f"run it with `speechbs pretrain`)")
-    lists = {key: tree.pop(key, []) for key in ("finetune", "test")}
+    lists = {key: tree.pop(key, []) for key in ("finetune", "test", "noise")}
     cfg = build(SweepConfig, tree, prefix="", source=source)
-    spec_types = {"finetune": FinetuneSpec, "test": TestSpec}
+    spec_types = {"finetune": FinetuneSpec, "test": TestSpec, "noise": NoiseSpec}
     for key, items in lists.items():
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ConfigError(f"{source}: {key} must be written as [[{key}]] tables")
@@ -152,6 +152,9 @@ def _point(cfg: SweepConfig, base: Path, root: Path, combo: dict[str, Any]) -> P
         own.append(f"run.seed={combo['seed']}")
     if cfg.sweep.milestone_hours:
         own.append("train.milestone_hours=[" + ", ".join(repr(float(h)) for h in cfg.sweep.milestone_hours) + "]")
+    noise_steps = _noise_milestones(cfg, batch_s, combo.get("seed"), num_steps)
+    if noise_steps:  # the checkpoints [[noise]] measures are kept; merged with the recipe's own milestones
+        own.append("train.milestone_steps=[" + ", ".join(str(k) for k in noise_steps) + "]")
     overrides = [*cfg.sweep.pretrain_set, *own]
     try:
         resolved = load_config(base, overrides)
@@ -162,3 +165,13 @@ def _point(cfg: SweepConfig, base: Path, root: Path, combo: dict[str, Any]) -> P
                  axes=dict(combo))
 
 
+def _noise_milestones(cfg: SweepConfig, batch_s: float, seed: int | None, num_steps: int) -> list[int]:
+    """The recipe's ``train.milestone_steps`` (from ``sweep.pretrain_set``) plus the [[noise]] steps of this point."""
+    wanted = {k for spec in cfg.noise if spec.measures(batch_s, seed) for k in spec.steps if k < num_steps}
+    if not wanted:
+        return []
+    for item in cfg.sweep.pretrain_set:
+        key, value = parse_override(item)
+        if key == "train.milestone_steps" and isinstance(value, list):
+            wanted |= {int(k) for k in value}
+    return sorted(wanted)

@@ -7,7 +7,8 @@ done when that output exists and is complete:
   is at ``train.num_steps`` (the planned steps for pretraining; the run's own
   ``config.toml`` for fine-tuning);
 - decode: ``hyp.wrd`` and ``decode.json`` (written last) exist;
-- score: ``score.json`` exists.
+- score: ``score.json`` exists;
+- noise: ``noise.json`` (written last, atomically) exists.
 
 So a sweep killed at any moment and started again runs only what is missing;
 a half-finished pretraining or fine-tuning run resumes from its checkpoint.
@@ -30,7 +31,7 @@ else:  # pragma: no cover
 
 from speechbs.sweep.plan import Point, SweepPlan, toml_str
 
-KINDS = ("pretrain", "finetune", "decode", "score")
+KINDS = ("pretrain", "finetune", "decode", "score", "noise")
 
 
 @dataclass
@@ -85,6 +86,8 @@ def is_done(stage: Stage) -> bool:
         return (stage.out_dir / "hyp.wrd").is_file() and (stage.out_dir / "decode.json").is_file()
     if stage.kind == "score":
         return (stage.out_dir / "score.json").is_file()
+    if stage.kind == "noise":
+        return (stage.out_dir / "noise.json").is_file()
     raise AssertionError(stage.kind)
 
 
@@ -143,6 +146,29 @@ def point_stages(plan: SweepPlan, point: Point) -> list[Stage]:
     for spec in plan.cfg.finetune:
         for tag, init, mark in inits:
             stages += _finetune_stages(plan, point, spec, tag, init, mark)
+    for noise in plan.cfg.noise:
+        stages += _noise_stages(point, noise, point_dir)
+    return stages
+
+
+def _noise_stages(point: Point, spec, point_dir: Path) -> list[Stage]:
+    """``speechbs noise`` of the final checkpoint, or of each kept checkpoint at ``spec.steps`` (once it exists)."""
+    if not spec.measures(point.batch_s, point.axes.get("seed")):
+        return []
+    pretrain_dir = point_dir / "pretrain"
+    steps = [k for k in spec.steps if k <= point.num_steps] if spec.steps else [point.num_steps]
+    stages = []
+    for step in steps:
+        ckpt = pretrain_dir / "checkpoints" / f"step_{step:08d}.pt"
+        if step != point.num_steps and not ckpt.is_file():
+            continue  # listed once pretraining has kept it, as milestone fine-tuning is
+        out = point_dir / "noise" / f"{spec.name}-step{step}"
+        argv = ["noise", str(ckpt), "--manifest", spec.manifest, "--batch-seconds",
+                ",".join(f"{b:g}" for b in spec.batch_seconds), "--repeats", str(spec.repeats), "--out", str(out)]
+        for item in spec.set:
+            argv += ["--set", item]
+        stages.append(Stage("noise", point.name, f"noise/{spec.name}-step{step}", argv, out, needs="pretrain",
+                            info={"step": step}))
     return stages
 
 

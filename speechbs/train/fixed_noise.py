@@ -55,7 +55,7 @@ STATISTICS = ("grad_std", "tr_sigma_1s", "g_sq", "mu_sq", "b_simple_s", "grad_rm
 
 @dataclass(frozen=True)
 class BatchGradients:
-    """The R gradients measured at one batch size (on the CPU, float64)."""
+    """The R gradients measured at one batch size (on the CPU, float32: R x P x 4 bytes)."""
 
     batch_s: float
     """The configured batch size, s of audio per step."""
@@ -121,12 +121,12 @@ def measure_gradients(model: nn.Module, batches: Iterable[Sequence[Any]], forwar
             skipped += 1
             continue
         if ctx.is_main:  # the gradients are all-reduced: one copy is enough (R x P floats of host memory)
-            grads.append(torch.cat([_flat_grad(p) for p in params]).to("cpu", torch.float64))
+            grads.append(torch.cat([_flat_grad(p) for p in params]).to("cpu", torch.float32))
         secs.append(report.log_sums["real_s"])
         targets.append(report.num_targets)
     if before is not None:
         assert all(torch.equal(b, p.detach()) for b, p in zip(before, params)), "LR 0 moved the weights"
-    empty = torch.zeros(0, sum(p.numel() for p in params), dtype=torch.float64)
+    empty = torch.zeros(0, sum(p.numel() for p in params), dtype=torch.float32)
     return BatchGradients(batch_s, torch.stack(grads) if grads else empty,
                           torch.tensor(secs, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64),
                           skipped)
@@ -134,6 +134,15 @@ def measure_gradients(model: nn.Module, batches: Iterable[Sequence[Any]], forwar
 
 def _flat_grad(p: torch.Tensor) -> torch.Tensor:
     return (p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+
+
+def gram(grads_RP: torch.Tensor, chunk: int = 1 << 22) -> np.ndarray:
+    """<G_r, G_s> in float64, accumulated over column chunks (no float64 copy of the whole R x P)."""
+    out = torch.zeros(grads_RP.shape[0], grads_RP.shape[0], dtype=torch.float64)
+    for start in range(0, grads_RP.shape[1], chunk):
+        block = grads_RP[:, start:start + chunk].to(torch.float64)
+        out += block @ block.T
+    return out.numpy()
 
 
 def _statistics(gram_XRR: np.ndarray, real_s: float, num_params: int) -> dict[str, np.ndarray]:
@@ -167,15 +176,23 @@ def summarize(measured: BatchGradients, *, seed: int = 0, num_bootstrap: int = N
     num, num_params = grads_RP.shape
     if num < 2:
         raise ValueError(f"batch {measured.batch_s:g} s: {num} usable repeat(s); the std needs at least 2")
-    gram_RR = (grads_RP @ grads_RP.T).numpy()
+    gram_RR = gram(grads_RP)
     real_s = float(measured.seconds_R.mean())
     point = {key: float(value) for key, value in _statistics(gram_RR, real_s, num_params).items()}
     draws = _statistics(_resamples(gram_RR, np.random.default_rng(seed), num_bootstrap), real_s, num_params)
     ci = {f"{key}_ci": _interval(draws[key], num) for key in STATISTICS}
-    std_mean = float(grads_RP.std(dim=0, unbiased=True).mean())
+    std_mean = _mean_std(grads_RP)
     return BatchNoise(batch_s=measured.batch_s, real_s_mean=real_s,
                       num_targets_mean=float(measured.targets_R.mean()), repeats=num,
                       num_skipped=measured.num_skipped, grad_std_mean=std_mean, **point, **ci)
+
+
+def _mean_std(grads_RP: torch.Tensor, chunk: int = 1 << 22) -> float:
+    """Mean over parameters of the per-parameter std over the repeats (float64 per chunk)."""
+    total = 0.0
+    for start in range(0, grads_RP.shape[1], chunk):
+        total += float(grads_RP[:, start:start + chunk].to(torch.float64).std(dim=0, unbiased=True).sum())
+    return total / grads_RP.shape[1]
 
 
 def _interval(values: np.ndarray, num_repeats: int) -> tuple[float, float]:
@@ -218,9 +235,9 @@ def std_per_doubling(entries: Sequence[BatchNoise], measured: Sequence[BatchGrad
     num_params = measured[0].grads_RP.shape[1]
     ys = []
     for m, entry in zip(measured, entries):
-        gram = (m.grads_RP @ m.grads_RP.T).numpy()
-        pick_XR = rng.integers(0, gram.shape[0], (num_bootstrap, gram.shape[0]))
-        ys.append(_statistics(gram[pick_XR[:, :, None], pick_XR[:, None, :]], entry.real_s_mean,
+        gram_RR = gram(m.grads_RP)
+        pick_XR = rng.integers(0, gram_RR.shape[0], (num_bootstrap, gram_RR.shape[0]))
+        ys.append(_statistics(gram_RR[pick_XR[:, :, None], pick_XR[:, None, :]], entry.real_s_mean,
                               num_params)["grad_std"])
     ys_XB = np.stack(ys, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -238,14 +238,14 @@ def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, pl
 
 
 def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
-             grad_scaler: torch.amp.GradScaler | None, fresh: TrainState) -> TrainState:
+             grad_scaler: torch.amp.GradScaler | None, fresh: TrainState | None = None) -> TrainState:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     planner.load_state_dict(ckpt["planner"])
     if grad_scaler is not None and ckpt.get("grad_scaler"):
         grad_scaler.load_state_dict(ckpt["grad_scaler"])
     state = TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),
-                       num_skipped=int(ckpt["num_skipped"]), noise=fresh.noise)
+                       num_skipped=int(ckpt["num_skipped"]), noise=fresh.noise if fresh else NoiseWindow())
     if "grad_noise" in ckpt:
         state.noise.load_state_dict(ckpt["grad_noise"])
     return state

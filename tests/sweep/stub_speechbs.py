@@ -1,4 +1,4 @@
-"""A stand-in for ``speechbs pretrain|finetune|decode|score`` that writes the contract's outputs fast.
+"""A stand-in for ``speechbs pretrain|finetune|decode|score|noise`` that writes the contract's outputs fast.
 
 Usage: python stub_speechbs.py COMMAND ARGS... (the same arguments as the real commands).
 Every call is appended to $STUB_CALLS (one line: command and output directory), so tests can
@@ -78,6 +78,16 @@ def main(argv: list[str]) -> int:
         out = Path(rest[0])
         wer = json.loads((out / "decode.json").read_text())["stub_wer"]
         (out / "score.json").write_text(json.dumps({"wer": wer, "cer": wer / 3, "num_utterances": 1}))
+    elif command == "noise":
+        out = Path(rest[rest.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        batches = [float(b) for b in rest[rest.index("--batch-seconds") + 1].split(",")]
+        record = {"checkpoint": rest[0], "step": int(re.search(r"step_(\d+)", rest[0]).group(1))
+                  if "step_" in rest[0] else 0, "batches": [
+                      {"batch_s": b, "real_s_mean": b, "grad_std": 0.01 / b ** 0.5, "grad_std_ci": [0.005 / b ** 0.5,
+                       0.02 / b ** 0.5], "b_simple_s": 40.0, "b_simple_s_ci": [20.0, None], "grad_rms": 0.02,
+                       "grad_rms_ci": [0.01, 0.03]} for b in batches]}
+        (out / "noise.json").write_text(json.dumps(record))
     else:
         return 2
     with open(os.environ["STUB_CALLS"], "a") as calls:

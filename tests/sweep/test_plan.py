@@ -74,3 +74,34 @@ def test_every_sweep_recipe_plans(recipe):
     plan = plan_sweep(recipe)
     assert len(plan.points) >= 3
     assert plan.cfg.finetune and plan.cfg.test
+
+
+def test_noise_tables_keep_their_checkpoints_and_list_a_stage_each(tmp_path):
+    """[[noise]] steps become milestones of the points that reach them; a stage per kept checkpoint."""
+    from speechbs.sweep.stages import point_stages
+
+    noise = ('[[noise]]\nname = "fixed"\nmanifest = "train.tsv"\nbatch_seconds = [15.0, 30.0]\nrepeats = 4\n'
+             'steps = [10, 100]\npoints = [15.0]\n')
+    plan = plan_sweep(write_sweep(tmp_path, extra=noise))  # 0.5 h: 120 steps at 15 s, 30 at 60 s
+    by_batch = {p.batch_s: p for p in plan.points}
+    assert "train.milestone_steps=[10, 100]" in by_batch[15.0].overrides
+    assert not any("milestone_steps" in o for o in by_batch[60.0].overrides)  # not a measured point
+    point = by_batch[15.0]
+    assert [s.key for s in point_stages(plan, point) if s.kind == "noise"] == []  # no checkpoint kept yet
+    ckpt_dir = plan.point_dir(point) / "pretrain" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "step_00000010.pt").write_bytes(b"")
+    stages = [s for s in point_stages(plan, point) if s.kind == "noise"]
+    assert [s.key for s in stages] == ["noise/fixed-step10"]
+    assert stages[0].argv[:2] == ["noise", str(ckpt_dir / "step_00000010.pt")]
+    assert "--batch-seconds" in stages[0].argv and "15,30" in stages[0].argv
+    assert stages[0].out_dir == plan.point_dir(point) / "noise" / "fixed-step10"
+
+
+def test_a_noise_table_without_steps_measures_the_final_checkpoint(tmp_path):
+    from speechbs.sweep.stages import point_stages
+
+    plan = plan_sweep(write_sweep(tmp_path, extra='[[noise]]\nmanifest = "train.tsv"\n'))
+    for point in plan.points:
+        (stage,) = [s for s in point_stages(plan, point) if s.kind == "noise"]
+        assert stage.needs == "pretrain" and stage.key == f"noise/noise-step{point.num_steps}"
