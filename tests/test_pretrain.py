@@ -238,3 +238,21 @@ def test_tiny_recipe_leaves_the_contrastive_plateau(tmp_path):
     assert np.mean([r["contrastive"] for r in first]) > chance_loss - 0.05
     assert np.mean([r["contrastive"] for r in last]) < chance_loss - 0.3, [r["contrastive"] for r in last]
     assert np.mean([r["accuracy"] for r in last]) > 5 * chance_acc, [r["accuracy"] for r in last]
+
+
+def test_a_step_of_one_micro_batch_is_still_measured(builtin_corpus_2min, tmp_path):
+    """A 6 s batch under a 12 s cap is one forward pass; its measuring steps run two, and train the same."""
+    from speechbs.cli import main as cli_main
+
+    common = [f"data.train_manifest={builtin_corpus_2min['train']}", "data.valid_manifest=\"\"",
+              f"run.output_dir={tmp_path}", "train.num_steps=3", "batch.seconds=6", "batch.max_device_seconds=12",
+              "batch.crop=max", "batch.crop_max_seconds=3", "train.valid_every=0", *EXACT]
+    for name, every in (("measured", 1), ("plain", 0)):
+        sets = [*common, f"run.name={name}", f"train.grad_noise_every={every}"]
+        assert cli_main(["pretrain", str(RECIPE), *[a for s in sets for a in ("--set", s)]]) == 0
+    measured, plain = _metrics(tmp_path / "measured"), _metrics(tmp_path / "plain")
+    assert [measured[k]["num_micro_batches"] for k in (1, 2, 3)] == [2, 2, 2]
+    assert [plain[k]["num_micro_batches"] for k in (1, 2, 3)] == [1, 1, 1]
+    assert all(measured[k]["noise_micro_batches"] == 2 and measured[k]["noise_tr_sigma_1s_step"] > 0 for k in (1, 2, 3))
+    assert [measured[k]["batch_fingerprint"] for k in (1, 2, 3)] == [plain[k]["batch_fingerprint"] for k in (1, 2, 3)]
+    assert _max_rel_diff(_params(tmp_path / "measured", 3), _params(tmp_path / "plain", 3)) < 1e-4
