@@ -44,9 +44,12 @@ class Task:
 
     model: nn.Module
     forward: Callable[..., Any]
-    """forward(model, micro_batch, step=k) -> StepOutput (loss sum, number of targets, log sums)."""
+    """forward(model, micro_batch, step=k[, prepared=...]) -> StepOutput (loss sum, number of targets, log sums)."""
     metrics: Callable[[StepReport], dict[str, float]]
     """Named per-step metrics from the engine's reduced sums (e.g. accuracy = correct / targets)."""
+    prepare: Callable[..., Any] | None = None
+    """prepare(model, micro_batches, step=k) -> what every forward of step k gets as ``prepared``: terms of
+    the whole global batch, computed before its first micro-batch (``train_step(..., prepare=)``)."""
     step_logs: Callable[[int], dict[str, float]] = lambda step: {}
     """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
     validate: Callable[[nn.Module, int], dict[str, float]] | None = None
@@ -121,10 +124,11 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         every = cfg.train.grad_noise_every
         probe = GradNoiseProbe(task.model) if every and (state.step + 1) % every == 0 else None
+        prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         report = train_step(model, optimizer, data.micro_batches,
-                            lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
+                            lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
                             clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                            grad_noise=probe, stop_requested=stop.requested)
+                            grad_noise=probe, stop_requested=stop.requested, prepare=prepare)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
