@@ -20,8 +20,10 @@ from torch import nn
 from speechbs.configio import load_config
 from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import read_manifest
+from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext, distributed, unwrap
 from speechbs.errors import ConfigError
+from speechbs.models.blocks.mixing import MixPartners
 from speechbs.models.blocks.quantizer import CodeUsage
 from speechbs.models.registry import MODELS
 from speechbs.train.loop import Task, train
@@ -70,11 +72,13 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
 
     def run_model(m: nn.Module, mb: AudioBatch, seeds_B: torch.Tensor, step: int,
                   layerdrop_seed: int | None, step_usage: CodeUsage | None = None) -> Any:
-        """The family's pretraining forward on a micro-batch already on the device: Gumbel
-        temperature and the step's code usage (wav2vec 2.0) or cluster targets (HuBERT, WavLM)."""
+        """The family's pretraining forward on a micro-batch already on the device: Gumbel temperature
+        and the step's code usage (wav2vec 2.0), or cluster targets and mixing partners (HuBERT, WavLM)."""
         if needs_labels:
             targets = mb.targets if mb.targets is not None else placeholder_targets(mb, cfg)
             inputs = {"targets": targets.to(ctx.device)}
+            if mb.partner_wav_BT is not None:  # WavLM, mix_scope global: drawn by the loader (data/partners.py)
+                inputs["partners"] = MixPartners(mb.partner_wav_BT, mb.partner_lengths_B)
         else:
             inputs = {"gumbel_temperature": temperature(step), "step_usage": step_usage}
         return m(mb.wav_BT, mb.lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed, **inputs)
@@ -135,8 +139,16 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
     return Task(model=model, forward=forward, metrics=metrics, prepare=prepare if global_diversity else None,
                 step_logs=(lambda step: {}) if needs_labels else (lambda step: {"gumbel_temperature": temperature(step)}),
                 validate=validate if valid is not None else None,
-                targets=_hook(train_labels, cfg),
+                targets=_hook(train_labels, cfg), partners=mix_partners(cfg),
                 find_unused_parameters=cfg.model.arch.layerdrop > 0)
+
+
+def mix_partners(cfg: Any) -> PartnerDraw | None:
+    """WavLM with ``mix_scope = "global"``: the loader draws the mixing partners from the whole global batch."""
+    arch = cfg.model.arch
+    if getattr(arch, "mix_scope", None) != "global" or arch.mix_prob <= 0.0:
+        return None
+    return PartnerDraw(probability=arch.mix_prob, seed=cfg.run.seed)
 
 
 def global_code_usage(m: nn.Module, micro_batches: Iterable[AudioBatch], ctx: DistContext, *, seed: int,

@@ -27,6 +27,7 @@ from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
+from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext
 from speechbs.rundir import prepare_run_dir
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseScaleTracker
@@ -60,6 +61,8 @@ class Task:
     """DDP must expect parameters without gradients (layer drop skips whole layers)."""
     targets: TargetsFn | None = None
     """Loader hook that attaches each micro-batch's targets (cluster labels, transcripts); runs in workers."""
+    partners: PartnerDraw | None = None
+    """Loader option: attach to each row a mixing partner drawn from its whole global batch (WavLM)."""
     best_metric: str = ""
     """Validation metric that selects ``checkpoints/best.pt`` (e.g. ``wer``); empty: no selection."""
     best_mode: Literal["min", "max"] = "min"
@@ -110,7 +113,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
     milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                       num_workers=cfg.data.num_workers, targets=task.targets,
+                       num_workers=cfg.data.num_workers, targets=task.targets, partners=task.partners,
                        pin_memory=ctx.device.type == "cuda")
     tick = time.monotonic()
 
