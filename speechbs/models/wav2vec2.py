@@ -108,9 +108,9 @@ class Wav2Vec2Loss:
     num_correct: torch.Tensor
     """Masked frames whose positive scored highest (accuracy = num_correct / num_targets)."""
     diversity_sum: torch.Tensor
-    """(G*V - perplexity)/(G*V) times num_targets, the perplexity that of the frames of ``step_usage`` (the
-    whole step) or, without it, of this micro-batch; with ``step_usage`` its gradient is this micro-batch's
-    exact share of the step's (:func:`~speechbs.models.blocks.contrastive.diversity_share`)."""
+    """(G*V - P)/(G*V) times num_targets, P the soft perplexity over the frames of ``step_usage`` (the whole
+    step) or, without it, over this micro-batch's; its gradient is this micro-batch's exact share of that
+    pooled term's (:func:`~speechbs.models.blocks.contrastive.diversity_share`)."""
     perplexity_sum: torch.Tensor
     """Soft codebook perplexity (of the step, or of this micro-batch without ``step_usage``) times num_targets."""
     code_perplexity_sum: torch.Tensor
