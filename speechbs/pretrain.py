@@ -86,7 +86,9 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
     # wav2vec 2.0's diversity term over the whole global batch (model.diversity_scope, docs/pretraining.md).
     global_diversity = getattr(cfg.model.arch, "diversity_scope", None) == "global"
 
-    def prepare(m: nn.Module, micro_batches: list[AudioBatch], *, step: int) -> CodeUsage:
+    def prepare(m: nn.Module, micro_batches: list[AudioBatch], *, step: int) -> CodeUsage | None:
+        if ctx.world_size == 1 and sum(not mb.is_empty for mb in micro_batches) == 1:
+            return None  # the one micro-batch is the global batch: its own usage is the step's, no pre-pass
         return global_code_usage(m, micro_batches, ctx, seed=cfg.run.seed, seed_step=step,
                                  gumbel_temperature=temperature(step))
 
