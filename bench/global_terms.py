@@ -97,6 +97,22 @@ class DiversityBench:
                                                 prepare=None if task.prepare is None else prepare))
         return step_s, pre_pass_s[0]
 
+    def flops(self, batches: list[AudioBatch]) -> dict[str, float]:
+        """Model FLOPs (``torch.utils.flop_counter``: matmuls and convolutions) of one step per scope and
+        of the pre-pass: a machine-independent share, beside the timed one."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counts = {}
+        for name, fn in (("micro_batch", lambda: self.step("micro_batch", batches)),
+                         ("global", lambda: self.step("global", batches)),
+                         ("pre_pass", lambda: self.tasks["global"].prepare(self.tasks["global"].model, batches,
+                                                                            step=0))):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                fn()
+            counts[name] = float(counter.get_total_flops())
+        return counts
+
     def _timed(self, fn) -> float:
         cuda = self.ctx.device.type == "cuda"
         if cuda:
@@ -121,7 +137,7 @@ def measure_diversity(bench: DiversityBench, batches: list[AudioBatch], repeats:
                 times["pre_pass"].append(pre_pass_s)
     shares = [pre / step for pre, step in zip(times["pre_pass"], times["global"])]
     return {**{name: statistics.median(values) for name, values in times.items()},
-            "pre_pass_share": statistics.median(shares), "raw_s": times}
+            "pre_pass_share": statistics.median(shares), "raw_s": times, "flops": bench.flops(batches)}
 
 
 def synthetic_wavs(root: Path, num_files: int, seed: int = 0) -> Manifest:
@@ -171,6 +187,10 @@ def print_tables(result: dict[str, Any]) -> None:
           f"| global | {d['global']:.3f} | {d['global'] / d['micro_batch'] - 1:+.1%} |\n"
           f"| (its pre-pass, timed inside the step) | {d['pre_pass']:.3f} | {d['pre_pass_share']:.1%} of the "
           f"global step |\n")
+    f = d["flops"]
+    print(f"| model FLOPs per step | micro_batch | global | of which the pre-pass |\n|---|---|---|---|\n"
+          f"| GFLOP | {f['micro_batch'] / 1e9:.1f} | {f['global'] / 1e9:.1f} ({f['global'] / f['micro_batch'] - 1:+.1%}) | "
+          f"{f['pre_pass'] / 1e9:.1f} ({f['pre_pass'] / f['global']:.1%}) |\n")
     p = result["partners"]
     print(f"| loader (mix_prob {result['mix_prob']:g}) | s per step of loading | vs without | audio decoded per "
           f"step, s | vs without |\n|---|---|---|---|---|\n"

@@ -102,6 +102,7 @@ def test_global_terms_times_both_scopes_and_the_loader_partners(tmp_path, capsys
     assert result["num_micro_batches"] == 2 and result["global_seconds"] == pytest.approx(2.0)
     d = result["diversity"]
     assert d["micro_batch"] > 0 and d["global"] > d["pre_pass"] > 0 and 0 < d["pre_pass_share"] < 1
+    assert d["flops"]["global"] == pytest.approx(d["flops"]["micro_batch"] + d["flops"]["pre_pass"], rel=1e-6)
     partners = result["partners"]
     assert partners["with"] > 0 and partners["without"] > 0
     assert partners["decoded_s_with"] >= partners["decoded_s_without"] > 0
