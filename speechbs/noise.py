@@ -116,11 +116,12 @@ def main(args: argparse.Namespace) -> int:
                     f"fewer than --repeats {args.repeats}: lower --repeats or the largest --batch-seconds, or use a "
                     f"larger manifest (repeats must be independent batches)")
             steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                               num_workers=cfg.data.num_workers, targets=task.targets, num_steps=args.repeats,
-                               pin_memory=ctx.device.type == "cuda")
+                               num_workers=cfg.data.num_workers, targets=task.targets, partners=task.partners,
+                               num_steps=args.repeats, pin_memory=ctx.device.type == "cuda")
             result = measure_gradients(
-                model, (data.micro_batches for data in steps), lambda m, mb: task.forward(m, mb, step=step), ctx,
-                batch_s=batch_s, autocast=autocast,
+                model, (data.micro_batches for data in steps),
+                lambda m, mb, **kw: task.forward(m, mb, step=step, **kw), ctx, batch_s=batch_s, autocast=autocast,
+                prepare=None if task.prepare is None else (lambda m, mbs: task.prepare(m, mbs, step=step)),
                 before_batch=lambda r, b=batch_s: ctx.seed_everything(_repeat_seed(args.seed, b, r),
                                                                       same_on_all_ranks=False))
             if ctx.is_main:

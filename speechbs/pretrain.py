@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,8 +20,11 @@ from torch import nn
 from speechbs.configio import load_config
 from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import read_manifest
-from speechbs.dist import DistContext, distributed
+from speechbs.data.partners import PartnerDraw
+from speechbs.dist import DistContext, distributed, unwrap
 from speechbs.errors import ConfigError
+from speechbs.models.blocks.mixing import MixPartners
+from speechbs.models.blocks.quantizer import CodeUsage
 from speechbs.models.registry import MODELS
 from speechbs.train.loop import Task, train
 from speechbs.train.schedule import gumbel_temperature
@@ -67,20 +71,31 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
         return gumbel_temperature(step, sched.gumbel_start, sched.gumbel_end, sched.gumbel_decay)
 
     def run_model(m: nn.Module, mb: AudioBatch, seeds_B: torch.Tensor, step: int,
-                  layerdrop_seed: int | None) -> Any:
-        """The family's pretraining forward on a micro-batch already on the device: Gumbel
-        temperature (wav2vec 2.0) or cluster targets (HuBERT, WavLM)."""
+                  layerdrop_seed: int | None, step_usage: CodeUsage | None = None) -> Any:
+        """The family's pretraining forward on a micro-batch already on the device: Gumbel temperature
+        and the step's code usage (wav2vec 2.0), or cluster targets and mixing partners (HuBERT, WavLM)."""
         if needs_labels:
             targets = mb.targets if mb.targets is not None else placeholder_targets(mb, cfg)
             inputs = {"targets": targets.to(ctx.device)}
+            if mb.partner_wav_BT is not None:  # WavLM, mix_scope global: drawn by the loader (data/partners.py)
+                inputs["partners"] = MixPartners(mb.partner_wav_BT, mb.partner_lengths_B)
         else:
-            inputs = {"gumbel_temperature": temperature(step)}
+            inputs = {"gumbel_temperature": temperature(step), "step_usage": step_usage}
         return m(mb.wav_BT, mb.lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed, **inputs)
 
-    def forward(m: nn.Module, mb: AudioBatch, *, step: int) -> StepOutput:
+    # wav2vec 2.0's diversity term over the whole global batch (model.diversity_scope, docs/pretraining.md).
+    global_diversity = getattr(cfg.model.arch, "diversity_scope", None) == "global"
+
+    def prepare(m: nn.Module, micro_batches: list[AudioBatch], *, step: int) -> CodeUsage | None:
+        if ctx.world_size == 1 and sum(not mb.is_empty for mb in micro_batches) == 1:
+            return None  # the one micro-batch is the global batch: its own usage is the step's, no pre-pass
+        return global_code_usage(m, micro_batches, ctx, seed=cfg.run.seed, seed_step=step,
+                                 gumbel_temperature=temperature(step))
+
+    def forward(m: nn.Module, mb: AudioBatch, *, step: int, prepared: CodeUsage | None = None) -> StepOutput:
         mb = mb.to(ctx.device)  # no host sync: the micro-batch loop stays ahead of the device
         out = run_model(m, mb, utterance_seeds(cfg.run.seed, step, mb.indices_B), step,
-                        cfg.run.seed * _SEED_STRIDE + step)
+                        cfg.run.seed * _SEED_STRIDE + step, prepared)
         logs = out.loss.logs()
         logs["real_s"] = mb.lengths_B.sum().to(torch.float32) / cfg.audio.sample_rate_hz
         return StepOutput(loss_sum=out.loss.loss_sum, num_targets=out.loss.num_targets.to(torch.float32),
@@ -94,12 +109,19 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
         assert valid is not None
         m.eval()
         sums: dict[str, torch.Tensor] = {}
+
+        def batches() -> Iterable[AudioBatch]:
+            return eval_micro_batches(valid, cfg.batch, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
+                                      targets=_hook(valid_labels, cfg))
+
+        # The diversity term and perplexities of the whole validation set, as in training: one pre-pass.
+        usage = (global_code_usage(m, batches(), ctx, seed=cfg.run.seed, seed_step=0,
+                                   gumbel_temperature=temperature(step)) if global_diversity else None)
         with torch.no_grad():
-            for mb in eval_micro_batches(valid, cfg.batch, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                                         targets=_hook(valid_labels, cfg)):
+            for mb in batches():
                 mb = mb.to(ctx.device)
                 # Fixed seeds: every validation pass masks the same frames, so curves compare.
-                out = run_model(m, mb, utterance_seeds(cfg.run.seed, 0, mb.indices_B), step, None)
+                out = run_model(m, mb, utterance_seeds(cfg.run.seed, 0, mb.indices_B), step, None, usage)
                 scale = 0.0 if mb.is_empty else 1.0
                 for key, value in {"loss_sum": out.loss.loss_sum, **out.loss.logs()}.items():
                     sums[key] = sums.get(key, 0.0) + scale * value.detach().to(torch.float64)
@@ -116,11 +138,42 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
                 "num_masked_frames": report.num_targets, "grad_norm": report.grad_norm,
                 "computed_real_s": report.log_sums.get("real_s", float("nan"))}
 
-    return Task(model=model, forward=forward, metrics=metrics,
+    return Task(model=model, forward=forward, metrics=metrics, prepare=prepare if global_diversity else None,
                 step_logs=(lambda step: {}) if needs_labels else (lambda step: {"gumbel_temperature": temperature(step)}),
                 validate=validate if valid is not None else None,
-                targets=_hook(train_labels, cfg),
+                targets=_hook(train_labels, cfg), partners=mix_partners(cfg),
                 find_unused_parameters=cfg.model.arch.layerdrop > 0)
+
+
+def mix_partners(cfg: Any) -> PartnerDraw | None:
+    """WavLM with ``mix_scope = "global"``: the loader draws the mixing partners from the whole global batch."""
+    arch = cfg.model.arch
+    if getattr(arch, "mix_scope", None) != "global" or arch.mix_prob <= 0.0:
+        return None
+    return PartnerDraw(probability=arch.mix_prob, seed=cfg.run.seed)
+
+
+def global_code_usage(m: nn.Module, micro_batches: Iterable[AudioBatch], ctx: DistContext, *, seed: int,
+                      seed_step: int, gumbel_temperature: float) -> CodeUsage:
+    """wav2vec 2.0's code usage over every micro-batch of every rank: the pre-pass of its global diversity term.
+
+    No gradient and no transformer (the feature encoder and the quantizer only), with the
+    utterance seeds of step ``seed_step``, so the masks, dropout and Gumbel noise of the
+    forwards that follow; placeholders add nothing. Every rank gets the same sum.
+    """
+    model = unwrap(m)
+    arch = model.cfg
+    total = CodeUsage.zeros(arch.num_codebooks, arch.codebook_size, ctx.device)
+    with torch.no_grad():
+        for mb in micro_batches:
+            if mb.is_empty:
+                continue
+            mb = mb.to(ctx.device)
+            total = total + model.code_usage(mb.wav_BT, mb.lengths_B, gumbel_temperature=gumbel_temperature,
+                                             seeds_B=utterance_seeds(seed, seed_step, mb.indices_B))
+    packed = total.pack()
+    ctx.all_reduce_sum(packed)
+    return CodeUsage.unpack(packed, arch.num_codebooks, arch.codebook_size)
 
 
 # Log sums whose metric name is not "the sum's name without _sum".

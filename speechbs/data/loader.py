@@ -25,6 +25,7 @@ from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
 from speechbs.data.batching import BatchPlanner, BatchStats, GlobalBatch, MicroBatch, Segment, row_cost_s
 from speechbs.data.manifest import Manifest
+from speechbs.data.partners import PartnerDraw
 
 TargetsFn = Callable[[Sequence[Segment]], Any]
 """Targets hook: the segments of a micro-batch (manifest row, offset and length in
@@ -46,6 +47,11 @@ class AudioBatch:
     """A placeholder for an empty micro-batch: run it, multiply its loss by 0 (DDP sees every parameter)."""
     targets: Any = None
     """What the targets hook returned for these segments (None without a hook, and for placeholders)."""
+    partner_wav_BT: torch.Tensor | None = None
+    """float32 (B, T'): each row's mixing partner from the same GLOBAL batch (:mod:`speechbs.data.partners`),
+    zero-padded; None when the loader draws no partners (and for placeholders)."""
+    partner_lengths_B: torch.Tensor | None = None
+    """int64, the partner's real samples per row; 0 for a row that is not mixed."""
 
     def pin_memory(self) -> AudioBatch:
         """The batch with every tensor in page-locked memory, targets included.
@@ -85,6 +91,8 @@ class _Item:
 
     micro: MicroBatch
     fill_samples: int
+    partners: tuple[Segment | None, ...] | None = None
+    """Per row of ``micro``, the segment it is mixed with (None: not mixed); None: no partners drawn."""
 
 
 def build_planner(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, seed: int) -> BatchPlanner:
@@ -94,24 +102,42 @@ def build_planner(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioCo
 
 
 def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBatch, fill_samples: int,
-                     targets: TargetsFn | None = None) -> AudioBatch:
-    """Decode and pad one micro-batch; an empty plan becomes one zero row of ``fill_samples``."""
+                     targets: TargetsFn | None = None,
+                     partners: Sequence[Segment | None] | None = None) -> AudioBatch:
+    """Decode and pad one micro-batch; an empty plan becomes one zero row of ``fill_samples``.
+
+    ``partners`` (one per row, None for a row that is not mixed) are decoded into
+    ``partner_wav_BT`` / ``partner_lengths_B``.
+    """
     if micro.is_empty:
         return AudioBatch(torch.zeros(1, fill_samples), torch.tensor([fill_samples]),
                           torch.tensor([-1]), is_empty=True)
-    width = max(s.num_samples for s in micro.segments)
-    wav_BT = torch.zeros(len(micro.segments), width)
-    lengths_B = torch.zeros(len(micro.segments), dtype=torch.int64)
-    for row, seg in enumerate(micro.segments):
+    wav_BT, lengths_B = _load_rows(manifest, audio_cfg, micro.segments)
+    indices = np.asarray([s.index for s in micro.segments], dtype=np.int64)
+    batch = AudioBatch(wav_BT, lengths_B, torch.from_numpy(indices), is_empty=False,
+                       targets=None if targets is None else targets(micro.segments))
+    if partners is not None:
+        assert len(partners) == len(micro.segments)
+        batch.partner_wav_BT, batch.partner_lengths_B = _load_rows(manifest, audio_cfg, partners)
+    return batch
+
+
+def _load_rows(manifest: Manifest, audio_cfg: AudioConfig,
+               segments: Sequence[Segment | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zero-padded audio (B, T) at least one sample wide, real samples per row); a None row stays empty."""
+    width = max([s.num_samples for s in segments if s is not None], default=1)
+    wav_BT = torch.zeros(len(segments), width)
+    lengths_B = torch.zeros(len(segments), dtype=torch.int64)
+    for row, seg in enumerate(segments):
+        if seg is None:
+            continue
         wav_T = load_audio(manifest.audio_path(seg.index), audio_cfg,
                            offset_samples=seg.offset_samples, num_samples=seg.num_samples)
         # A resampled file can be a sample shorter than the manifest's rounded length.
         wav_T = wav_T[: seg.num_samples]
         wav_BT[row, : len(wav_T)] = torch.from_numpy(wav_T)
         lengths_B[row] = len(wav_T)
-    indices = np.asarray([s.index for s in micro.segments], dtype=np.int64)
-    return AudioBatch(wav_BT, lengths_B, torch.from_numpy(indices), is_empty=False,
-                      targets=None if targets is None else targets(micro.segments))
+    return wav_BT, lengths_B
 
 
 class MicroBatchDataset(Dataset):
@@ -123,7 +149,8 @@ class MicroBatchDataset(Dataset):
         self.targets = targets
 
     def __getitem__(self, item: _Item) -> AudioBatch:
-        return load_micro_batch(self.manifest, self.audio_cfg, item.micro, item.fill_samples, self.targets)
+        return load_micro_batch(self.manifest, self.audio_cfg, item.micro, item.fill_samples, self.targets,
+                                item.partners)
 
 
 class _PlanStream:
@@ -131,33 +158,43 @@ class _PlanStream:
 
     The DataLoader pulls from this ahead of the training loop (prefetch); the
     copy keeps that lookahead from moving the position that is checkpointed.
+    Mixing partners are drawn here, from the whole global batch, before it is split.
     """
 
     def __init__(self, planner: BatchPlanner, rank: int, world_size: int,
-                 split: Callable[[BatchPlanner, GlobalBatch, int], list[list[MicroBatch]]]) -> None:
+                 split: Callable[[BatchPlanner, GlobalBatch, int], list[list[MicroBatch]]],
+                 partners: PartnerDraw | None) -> None:
         self.cursor = copy.copy(planner)
         self.rank = rank
         self.world_size = world_size
         self.split = split
+        self.partners = partners
 
     def __iter__(self) -> Iterator[_Item]:
         for step in itertools.count():
             batch = self.cursor.next_batch()
-            yield from _items(batch, self.split(self.cursor, batch, step)[self.rank])
+            chosen = None if self.partners is None else self.partners.choose(batch)
+            yield from _items(batch, self.split(self.cursor, batch, step)[self.rank], chosen)
 
 
-def _items(batch: GlobalBatch, micro_batches: list[MicroBatch]) -> Iterator[_Item]:
+def _items(batch: GlobalBatch, micro_batches: list[MicroBatch],
+           partners: dict[int, Segment] | None = None) -> Iterator[_Item]:
     """Plans for the workers; a placeholder is as long as the batch's shortest segment, so the model runs on it."""
     fill = min(s.num_samples for s in batch.segments)
     for micro in micro_batches:
-        yield _Item(micro, fill)
+        rows = None if partners is None or micro.is_empty else tuple(partners.get(s.index) for s in micro.segments)
+        yield _Item(micro, fill, rows)
 
 
 def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig, *, rank: int,
                world_size: int, num_workers: int, targets: TargetsFn | None = None,
                num_steps: int | None = None, pin_memory: bool = False,
-               min_micro_batches: Callable[[int], int] | None = None) -> Iterator[StepData]:
+               min_micro_batches: Callable[[int], int] | None = None,
+               partners: PartnerDraw | None = None) -> Iterator[StepData]:
     """Steps for one rank, from the planner's position on (forever, or ``num_steps``).
+
+    With ``partners`` each micro-batch carries its rows' mixing partners, drawn from the
+    whole global batch (:mod:`speechbs.data.partners`).
 
     The planner advances when a step is handed out, not when it is prefetched:
     after receiving step k, ``planner.state_dict()`` resumes at step k + 1.
@@ -171,7 +208,7 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
         return cursor.split(batch, world_size, min_micro_batches(step) if min_micro_batches else 1)
 
     loader = DataLoader(MicroBatchDataset(manifest, audio_cfg, targets), batch_size=None,
-                        sampler=_PlanStream(planner, rank, world_size, split), num_workers=num_workers,
+                        sampler=_PlanStream(planner, rank, world_size, split, partners), num_workers=num_workers,
                         pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
     loaded = iter(loader)
     done = 0

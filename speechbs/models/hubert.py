@@ -219,11 +219,6 @@ class HubertModel(nn.Module):
         if targets.labels_BL.shape[0] != batch_size:
             raise ValueError(f"targets have {targets.labels_BL.shape[0]} rows for a batch of {batch_size}")
 
-    def _prepare_input(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor,
-                       seeds_B: torch.Tensor) -> torch.Tensor:
-        """The waveform the encoder sees (WavLM mixes utterances here)."""
-        return wav_BT
-
     def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
                 targets: ClusterTargets, layerdrop_seed: int | None = None, mask_BT: torch.Tensor | None = None,
                 return_layers: bool = False) -> HubertOutput:
@@ -234,7 +229,7 @@ class HubertModel(nn.Module):
         """
         self._check_lengths(wav_BT, lengths_B)
         self._check_targets(targets, wav_BT.shape[0])
-        feats_BCT, frame_lengths_B = self._features(self._prepare_input(wav_BT, lengths_B, seeds_B), lengths_B)
+        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
         num_frames = feats_BCT.shape[2]
         labels_BT, frame_lengths_B = align_labels(targets, frame_lengths_B, num_frames, self.cfg.frame_rate_hz())
         penalty_B = contrastive.feature_penalty_per_row(feats_BCT, frame_lengths_B)

@@ -5,15 +5,27 @@ in the micro-batch, K distractors, G codebooks, V entries per codebook.
 
 Inputs are ``wav_BT`` with ``lengths_B`` (valid samples per row). Every random
 draw of the pretraining forward (time/channel masks, distractors, Gumbel
-noise) comes from ``seeds_B``, one int64 seed per utterance, so an utterance
-gets the same result in any micro-batch (``blocks/counter_rng.py``); layer
-drop comes from ``layerdrop_seed``, one per optimizer step. Dropout uses the
-global RNG (it need not be reproducible per utterance).
+noise, and the dropout on the quantizer's input) comes from ``seeds_B``, one
+int64 seed per utterance, so an utterance gets the same result in any
+micro-batch (``blocks/counter_rng.py``); layer drop comes from
+``layerdrop_seed``, one per optimizer step. The other dropouts use the global
+RNG (they need not be reproducible per utterance).
+
+The codebook diversity term is a function of the mean code distribution over a
+set of frames, not a sum over frames. With ``diversity_scope = "global"`` that
+set is the whole global batch: the training step first runs :meth:`code_usage`
+(no gradient, no transformer) on every micro-batch, sums it over micro-batches
+and ranks, and passes the sum to :meth:`Wav2Vec2Model.forward` as
+``step_usage``; each micro-batch then returns its exact share of the step's
+diversity gradient (``blocks/contrastive.py``, :func:`diversity_share`). The
+quantizer's input dropout is keyed by utterance seed so that this pre-pass sees
+the quantizer input the forward sees.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,7 +33,7 @@ from torch import nn
 from speechbs.models.blocks import contrastive, counter_rng
 from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, GradMultiply
 from speechbs.models.blocks.masking import sample_negatives, span_mask
-from speechbs.models.blocks.quantizer import GumbelQuantizer, QuantizerOutput
+from speechbs.models.blocks.quantizer import CodeUsage, GumbelQuantizer, QuantizerOutput
 from speechbs.models.blocks.transformer import TransformerEncoder
 from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput
 
@@ -43,6 +55,10 @@ class Wav2Vec2Config(EncoderConfig):
     """Temperature of the cosine-similarity logits (kappa), dimensionless."""
     diversity_weight: float = 0.1
     """Weight of the codebook diversity loss (alpha), dimensionless."""
+    diversity_scope: Literal["global", "micro_batch"] = "global"
+    """Frames whose mean code distribution the diversity loss and the logged perplexities use: ``global``,
+    the whole optimizer step (all micro-batches and ranks; one extra no-grad pass of the feature encoder
+    per micro-batch) or ``micro_batch``, each forward's own (fairseq; depends on how the step is split)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,11 +108,15 @@ class Wav2Vec2Loss:
     num_correct: torch.Tensor
     """Masked frames whose positive scored highest (accuracy = num_correct / num_targets)."""
     diversity_sum: torch.Tensor
-    """(G*V - perplexity)/(G*V) times num_targets. NOT a per-target sum: the perplexity is of this micro-batch's masked frames."""
+    """(G*V - P)/(G*V) times num_targets, P the soft perplexity over the frames of ``step_usage`` (the whole
+    step) or, without it, over this micro-batch's; its gradient is this micro-batch's exact share of that
+    pooled term's (:func:`~speechbs.models.blocks.contrastive.diversity_share`)."""
     perplexity_sum: torch.Tensor
-    """Soft codebook perplexity of this micro-batch times num_targets (for a target-weighted mean)."""
+    """Soft codebook perplexity (of the step, or of this micro-batch without ``step_usage``) times num_targets."""
     code_perplexity_sum: torch.Tensor
-    """Hard (used-entries) perplexity times num_targets."""
+    """Hard (used-entries) perplexity, of the same frames, times num_targets."""
+    usage: CodeUsage
+    """This micro-batch's own code usage (soft sums with their graph)."""
     penalty_sum: torch.Tensor
     """Sum over utterances of (mean squared encoder feature) x (its masked frames): a per-target sum."""
 
@@ -130,7 +150,6 @@ class Wav2Vec2Model(nn.Module):
         self.layer_norm = nn.LayerNorm(conv_dim, eps=cfg.layer_norm_eps)
         self.post_extract_proj = nn.Linear(conv_dim, cfg.embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.dropout_features = nn.Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
         self.encoder = TransformerEncoder(cfg.transformer_shape())
         self.quantizer = GumbelQuantizer(conv_dim, cfg.num_codebooks, cfg.codebook_size, cfg.codevector_dim)
@@ -208,40 +227,80 @@ class Wav2Vec2Model(nn.Module):
 
     def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
                 gumbel_temperature: float, mask_BT: torch.Tensor | None = None,
-                layerdrop_seed: int | None = None, return_layers: bool = False) -> Wav2Vec2Output:
+                layerdrop_seed: int | None = None, return_layers: bool = False,
+                step_usage: CodeUsage | None = None) -> Wav2Vec2Output:
         """Pretraining forward: mask, contextualize, quantize, score against K distractors.
 
         ``seeds_B`` (int64, one per utterance, e.g. a hash of (run seed, epoch,
         utterance id)) drives every random draw; ``mask_BT`` overrides the time
         mask (it is intersected with the valid frames). ``gumbel_temperature``
-        comes from the caller's schedule (2 -> 0.5 for BASE).
+        comes from the caller's schedule (2 -> 0.5 for BASE). ``step_usage`` is
+        the code usage of the whole global batch (:meth:`code_usage` summed over
+        its micro-batches and ranks), for ``diversity_scope = "global"``; without
+        it the diversity term is this micro-batch's own.
         """
         self._check_lengths(wav_BT, lengths_B)
+        if step_usage is not None and self.cfg.diversity_scope != "global":
+            raise ValueError("step_usage was given but model.diversity_scope is "
+                             f"{self.cfg.diversity_scope!r}; it is used with 'global' only")
         cfg = self.cfg
         feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
         penalty_B = contrastive.feature_penalty_per_row(feats_BCT, frame_lengths_B)
         feats_BTC = self.layer_norm(feats_BCT.transpose(1, 2))
-        unmasked_BTC = self.dropout_features(feats_BTC)
         x_BTC = self.dropout_input(self.post_extract_proj(feats_BTC))
-        num_frames = x_BTC.shape[1]
-        drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
-        if mask_BT is None:
-            mask_BT = drawn_BT
-        else:
-            mask_BT = mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames)
+        mask_BT, channel_BC = self._pretraining_masks(frame_lengths_B, x_BTC.shape[1], seeds_B, mask_BT)
         enc = self._context(self._apply_masks(x_BTC, mask_BT, channel_BC), frame_lengths_B,
                             layerdrop_seed, return_layers)
 
         b_N, t_N = mask_BT.nonzero(as_tuple=True)
         pred_NC = self.final_proj(enc.features_BTC[b_N, t_N])
-        gumbel_NGV = self._gumbel_noise(seeds_B, b_N, t_N) if self.training else None
-        quant = self.quantizer(unmasked_BTC[b_N, t_N], temperature=gumbel_temperature, gumbel_NGV=gumbel_NGV)
+        quant = self._quantize(feats_BTC, b_N, t_N, seeds_B, gumbel_temperature)
         target_NC = self.project_q(quant.codevectors_NE)
         negatives_NK = sample_negatives(mask_BT, cfg.num_negatives, seeds_B, masked=(b_N, t_N))
         logits_NK = contrastive.contrastive_logits(pred_NC, target_NC, b_N, mask_BT.shape[0], negatives_NK,
                                                    quant.codes_NG, cfg.logit_temperature)
-        loss = self._loss(logits_NK, mask_BT, penalty_B, quant)
+        loss = self._loss(logits_NK, mask_BT, penalty_B, quant.usage, step_usage)
         return Wav2Vec2Output(loss=loss, encoder=enc, mask_BT=mask_BT, logits_NK=logits_NK)
+
+    def code_usage(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
+                   gumbel_temperature: float, mask_BT: torch.Tensor | None = None) -> CodeUsage:
+        """The quantizer's code usage over the masked frames, exactly as :meth:`forward` computes it.
+
+        The pre-pass of ``diversity_scope = "global"``: the feature encoder and the
+        quantizer only (no transformer), to be run under ``torch.no_grad()`` on every
+        micro-batch of a step before the first backward. The same arguments as the
+        forward give the same masks, dropout and Gumbel noise, so the same numbers.
+        """
+        self._check_lengths(wav_BT, lengths_B)
+        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
+        feats_BTC = self.layer_norm(feats_BCT.transpose(1, 2))
+        mask_BT, _ = self._pretraining_masks(frame_lengths_B, feats_BTC.shape[1], seeds_B, mask_BT)
+        b_N, t_N = mask_BT.nonzero(as_tuple=True)
+        return self._quantize(feats_BTC, b_N, t_N, seeds_B, gumbel_temperature).usage.detach()
+
+    def _pretraining_masks(self, frame_lengths_B: torch.Tensor, num_frames: int, seeds_B: torch.Tensor,
+                           mask_BT: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(time mask: drawn, or the caller's within the valid frames; channel mask)."""
+        drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
+        if mask_BT is None:
+            return drawn_BT, channel_BC
+        return mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames), channel_BC
+
+    def _quantize(self, feats_BTC: torch.Tensor, b_N: torch.Tensor, t_N: torch.Tensor, seeds_B: torch.Tensor,
+                  gumbel_temperature: float) -> QuantizerOutput:
+        """Quantize the masked frames' (unmasked) features, after dropout keyed by utterance seed."""
+        x_NC = feats_BTC[b_N, t_N]
+        p = self.cfg.dropout_features
+        if self.training and p > 0.0:
+            # fairseq's dropout_features, drawn per (utterance, frame, channel) rather than from the
+            # global RNG, so that code_usage() and forward() quantize the same input.
+            num_channels = x_NC.shape[-1]
+            counters_NC = t_N.view(-1, 1) * num_channels + torch.arange(num_channels, device=t_N.device)
+            u_NC = counter_rng.uniform_open(seeds_B.to(t_N.device)[b_N].view(-1, 1),
+                                            counter_rng.STREAM_FEATURE_DROPOUT, counters_NC)
+            x_NC = torch.where(u_NC >= p, x_NC / (1.0 - p), torch.zeros_like(x_NC))
+        gumbel_NGV = self._gumbel_noise(seeds_B, b_N, t_N) if self.training else None
+        return self.quantizer(x_NC, temperature=gumbel_temperature, gumbel_NGV=gumbel_NGV)
 
     def _gumbel_noise(self, seeds_B: torch.Tensor, b_N: torch.Tensor, t_N: torch.Tensor) -> torch.Tensor:
         """Gumbel(0, 1) noise (N, G, V) keyed by (utterance seed, frame index, entry)."""
@@ -252,20 +311,21 @@ class Wav2Vec2Model(nn.Module):
         return (-torch.log(-torch.log(u_NJ))).float().view(-1, self.cfg.num_codebooks, self.cfg.codebook_size)
 
     def _loss(self, logits_NK: torch.Tensor, mask_BT: torch.Tensor, penalty_B: torch.Tensor,
-              quant: QuantizerOutput) -> Wav2Vec2Loss:
+              usage: CodeUsage, step_usage: CodeUsage | None) -> Wav2Vec2Loss:
         cfg = self.cfg
         contrastive_sum, num_correct = contrastive.contrastive_sum(logits_NK)
         num_targets = mask_BT.sum()
         penalty_sum = (penalty_B * mask_BT.sum(dim=1)).sum()
-        diversity_sum = contrastive.diversity_fraction(
-            quant.prob_perplexity, cfg.num_codebooks, cfg.codebook_size) * num_targets
+        pooled = usage.detach() if step_usage is None else step_usage  # the frames the perplexity is of
+        diversity_sum = contrastive.diversity_share(usage.soft_sum_GV, num_targets, pooled.soft_sum_GV,
+                                                    pooled.num_frames)
         loss_sum = (contrastive_sum + cfg.diversity_weight * diversity_sum
                     + cfg.feature_penalty_weight * penalty_sum)
         return Wav2Vec2Loss(
             loss_sum=loss_sum, num_targets=num_targets, contrastive_sum=contrastive_sum,
             num_correct=num_correct, diversity_sum=diversity_sum,
-            perplexity_sum=quant.prob_perplexity * num_targets,
-            code_perplexity_sum=quant.code_perplexity * num_targets, penalty_sum=penalty_sum)
+            perplexity_sum=pooled.soft_perplexity() * num_targets,
+            code_perplexity_sum=pooled.hard_perplexity() * num_targets, penalty_sum=penalty_sum, usage=usage)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -10,9 +10,12 @@ differences:
   the released checkpoints and transformers' ``WavLMConfig``; the class
   default in unilm's ``WavLM.py`` is 1280);
 - in training, ``mix_prob`` of the utterances are overlapped with a piece of
-  another utterance of the micro-batch before the feature encoder
+  another utterance of the batch before the feature encoder
   (``blocks/mixing.py``), while the targets stay the primary's labels:
   denoising masked prediction. Not in eval mode (validation scores clean audio).
+  With ``mix_scope = "global"`` the partners are the caller's (``partners``: in
+  pretraining the loader draws them from the whole global batch); a forward
+  without them, or with ``mix_scope = "micro_batch"``, draws them among its own rows.
 
 Layer drop: in unilm's code the bias is created by the first layer, so a step
 that drops layer 0 runs without any position bias; transformers never drops
@@ -23,13 +26,17 @@ dropped and the others still get it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from speechbs.models.blocks.mixing import mix_utterances
+from speechbs.models.blocks.mixing import MixPartners, mix_utterances, mix_with_partners
 from speechbs.models.blocks.relpos import GatedRelativePositionBias
 from speechbs.models.blocks.transformer import TransformerEncoder
-from speechbs.models.hubert import LARGE_SETTINGS, TINY_SETTINGS, HubertConfig, HubertModel
+from speechbs.models.hubert import LARGE_SETTINGS, TINY_SETTINGS, HubertConfig, HubertModel, HubertOutput
+
+if TYPE_CHECKING:  # the annotation only: HuBERT's forward defines what targets are
+    from speechbs.targets.labels import ClusterTargets
 
 
 @dataclass(kw_only=True)
@@ -41,7 +48,11 @@ class WavLMConfig(HubertConfig):
     max_distance: int = 800
     """Offset beyond which buckets stop growing, frames."""
     mix_prob: float = 0.2
-    """Probability that an utterance is overlapped with another one of its micro-batch (paper, section IV-A, as recalled; not verified against the released setup)."""
+    """Probability that an utterance is overlapped with another one of its batch (paper, section IV-A, as recalled; not verified against the released setup)."""
+    mix_scope: Literal["global", "micro_batch"] = "global"
+    """Where the partners come from: ``global``, the whole optimizer step's utterances (drawn by the data
+    loader; the mixed input does not depend on the split into micro-batches and ranks) or ``micro_batch``,
+    the forward's own rows (depends on the split)."""
     mix_max_fraction: float = 0.5
     """The overlapped segment is shorter than this fraction of the primary utterance, fraction."""
     mix_ratio_min_db: float = -5.0
@@ -85,12 +96,28 @@ class WavLMModel(HubertModel):
                                          cfg.max_distance)
         return TransformerEncoder(cfg.transformer_shape(), attention_bias=bias)
 
-    def _prepare_input(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor,
-                       seeds_B: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.cfg.mix_prob <= 0.0:
-            return wav_BT
+    def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
+                targets: ClusterTargets, layerdrop_seed: int | None = None, mask_BT: torch.Tensor | None = None,
+                return_layers: bool = False, partners: MixPartners | None = None) -> HubertOutput:
+        """HuBERT's pretraining forward on the mixed waveform (training mode only).
+
+        ``partners``: each row's partner audio, e.g. chosen from the whole global batch
+        (``mix_scope = "global"``); None: drawn among this micro-batch's rows.
+        """
+        if partners is not None and self.cfg.mix_scope != "global":
+            raise ValueError("partners were given but model.mix_scope is 'micro_batch', which draws them among "
+                             "the micro-batch's rows; use mix_scope = 'global' or pass no partners")
+        return super().forward(self._mix(wav_BT, lengths_B, seeds_B, partners), lengths_B, seeds_B=seeds_B,
+                               targets=targets, layerdrop_seed=layerdrop_seed, mask_BT=mask_BT,
+                               return_layers=return_layers)
+
+    def _mix(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, seeds_B: torch.Tensor,
+             partners: MixPartners | None) -> torch.Tensor:
         cfg = self.cfg
-        mixed_BT, _ = mix_utterances(wav_BT, lengths_B, seeds_B, mix_prob=cfg.mix_prob,
-                                     max_fraction=cfg.mix_max_fraction, ratio_min_db=cfg.mix_ratio_min_db,
-                                     ratio_max_db=cfg.mix_ratio_max_db)
-        return mixed_BT
+        if not self.training or cfg.mix_prob <= 0.0:
+            return wav_BT
+        shape = dict(max_fraction=cfg.mix_max_fraction, ratio_min_db=cfg.mix_ratio_min_db,
+                     ratio_max_db=cfg.mix_ratio_max_db)
+        if partners is None:
+            return mix_utterances(wav_BT, lengths_B, seeds_B, mix_prob=cfg.mix_prob, **shape)[0]
+        return mix_with_partners(wav_BT, lengths_B, seeds_B, partners, **shape)[0]

@@ -44,7 +44,7 @@ from torch import nn
 
 from speechbs.dist import DistContext
 from speechbs.train.grad_noise import noise_logs
-from speechbs.train.step import AutocastFactory, ForwardFn, train_step
+from speechbs.train.step import AutocastFactory, ForwardFn, PrepareFn, train_step
 
 NUM_BOOTSTRAP = 2_000
 """Bootstrap resamples per interval."""
@@ -98,14 +98,14 @@ class BatchNoise:
 
 
 def measure_gradients(model: nn.Module, batches: Iterable[Sequence[Any]], forward: ForwardFn, ctx: DistContext, *,
-                      batch_s: float, autocast: AutocastFactory | None = None,
+                      batch_s: float, autocast: AutocastFactory | None = None, prepare: PrepareFn | None = None,
                       before_batch: Callable[[int], None] | None = None) -> BatchGradients:
     """The normalized gradient of each global batch, through ``train_step`` at LR 0 (kept on rank 0 only).
 
     ``batches`` yields each repeat's micro-batches for this rank (``model`` DDP-wrapped
     when ``ctx.world_size > 1``); ``forward`` must log ``real_s``, the micro-batch's real
-    audio in seconds (the pretraining forward does). ``before_batch(r)`` runs before
-    repeat r (e.g. to seed dropout).
+    audio in seconds (the pretraining forward does); ``prepare`` is the task's global-batch
+    pre-pass, as in training. ``before_batch(r)`` runs before repeat r (e.g. to seed dropout).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)  # LR 0: the state never moves
@@ -114,7 +114,7 @@ def measure_gradients(model: nn.Module, batches: Iterable[Sequence[Any]], forwar
     for index, micro_batches in enumerate(batches):
         if before_batch is not None:
             before_batch(index)
-        report = train_step(model, optimizer, micro_batches, forward, ctx, autocast=autocast)
+        report = train_step(model, optimizer, micro_batches, forward, ctx, autocast=autocast, prepare=prepare)
         if "real_s" not in report.log_sums:
             raise RuntimeError("the forward logs no real_s: the seconds of audio per batch are unknown")
         if not report.updated:

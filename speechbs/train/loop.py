@@ -27,6 +27,7 @@ from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
+from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext
 from speechbs.rundir import prepare_run_dir
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
@@ -44,9 +45,12 @@ class Task:
 
     model: nn.Module
     forward: Callable[..., Any]
-    """forward(model, micro_batch, step=k) -> StepOutput (loss sum, number of targets, log sums)."""
+    """forward(model, micro_batch, step=k[, prepared=...]) -> StepOutput (loss sum, number of targets, log sums)."""
     metrics: Callable[[StepReport], dict[str, float]]
     """Named per-step metrics from the engine's reduced sums (e.g. accuracy = correct / targets)."""
+    prepare: Callable[..., Any] | None = None
+    """prepare(model, micro_batches, step=k) -> what every forward of step k gets as ``prepared``: terms of
+    the whole global batch, computed before its first micro-batch (``train_step(..., prepare=)``)."""
     step_logs: Callable[[int], dict[str, float]] = lambda step: {}
     """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
     validate: Callable[[nn.Module, int], dict[str, float]] | None = None
@@ -57,6 +61,8 @@ class Task:
     """DDP must expect parameters without gradients (layer drop skips whole layers)."""
     targets: TargetsFn | None = None
     """Loader hook that attaches each micro-batch's targets (cluster labels, transcripts); runs in workers."""
+    partners: PartnerDraw | None = None
+    """Loader option: attach to each row a mixing partner drawn from its whole global batch (WavLM)."""
     best_metric: str = ""
     """Validation metric that selects ``checkpoints/best.pt`` (e.g. ``wer``); empty: no selection."""
     best_mode: Literal["min", "max"] = "min"
@@ -114,7 +120,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
 
     # A measuring step needs two micro-batch gradients: each rank then gets at least two.
     steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                       num_workers=cfg.data.num_workers, targets=task.targets,
+                       num_workers=cfg.data.num_workers, targets=task.targets, partners=task.partners,
                        pin_memory=ctx.device.type == "cuda",
                        min_micro_batches=lambda i: 2 if measures(first_step + i) else 1)
     tick = time.monotonic()
@@ -128,10 +134,11 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
         ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         probe = GradNoiseProbe(task.model) if measures(state.step) else None
+        prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         report = train_step(model, optimizer, data.micro_batches,
-                            lambda m, mb, k=state.step: task.forward(m, mb, step=k), ctx,
+                            lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
                             clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                            grad_noise=probe, stop_requested=stop.requested)
+                            grad_noise=probe, stop_requested=stop.requested, prepare=prepare)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1

@@ -46,6 +46,8 @@ class StepOutput:
 
 
 ForwardFn = Callable[[nn.Module, Any], StepOutput]
+PrepareFn = Callable[[nn.Module, Sequence[Any]], Any]
+"""prepare(model, micro_batches) -> step-wide inputs, handed to every forward as ``prepared=...``."""
 AutocastFactory = Callable[[], ContextManager[Any]]
 
 
@@ -120,7 +122,8 @@ class NonFiniteGuard:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[Any],
                forward: ForwardFn, ctx: DistContext, *, clip_norm: float | None = None,
                autocast: AutocastFactory | None = None, grad_scaler: torch.amp.GradScaler | None = None,
-               grad_noise: GradNoiseProbe | None = None, stop_requested: bool = False) -> StepReport:
+               grad_noise: GradNoiseProbe | None = None, stop_requested: bool = False,
+               prepare: PrepareFn | None = None) -> StepReport:
     """Accumulate gradients over ``micro_batches``, normalize by the global target count, clip, step.
 
     ``model`` is DDP-wrapped when ``ctx.world_size > 1`` (:meth:`DistContext.wrap_model`).
@@ -134,11 +137,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     With ``grad_noise`` the step also measures gradient noise (``speechbs.train.grad_noise``):
     every micro-batch then runs without DDP's sync and the gradients are all-reduced once at
     the end, so each micro-batch's own gradient is visible; the update is the same.
+    ``prepare`` computes what a loss term needs from the WHOLE global batch before any
+    micro-batch runs (wav2vec 2.0's code usage for its diversity term: DESIGN.md 2); it runs
+    once, under ``autocast``, on every rank (it may all-reduce), and its result reaches each
+    forward as ``forward(model, micro_batch, prepared=result)``.
     """
     if ctx.world_size > 1 and not isinstance(model, DistributedDataParallel):
         raise RuntimeError("train_step with world_size > 1 needs the DDP-wrapped model (ctx.wrap_model)")
     assert len(micro_batches) > 0, "the batch plan gives every rank at least one micro-batch"
     optimizer.zero_grad(set_to_none=True)
+    if prepare is not None:
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            prepared = prepare(model, micro_batches)
+        forward = functools.partial(forward, prepared=prepared)
     packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
     packed_K[3] = float(stop_requested)
     ctx.all_reduce_sum(packed_K)

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from bench import accumulation, dataload, grad_noise, memory, throughput
+from bench import accumulation, dataload, global_terms, grad_noise, memory, throughput
 
 MACHINE_KEYS = {"platform", "torch", "cpu_count", "device", "date"}
 
@@ -93,3 +93,18 @@ def test_grad_noise_reports_the_amortized_overhead(tmp_path) -> None:
     assert result["plain_s"] > 0 and result["measured_s"] > 0
     assert [r["every"] for r in result["rows"]] == [1, 10, 100]
     assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+
+
+def test_global_terms_times_both_scopes_and_the_loader_partners(tmp_path, capsys) -> None:
+    out = tmp_path / "global.json"
+    result = global_terms.main(["--global-seconds", "2", "--micro-seconds", "1", "--utterance-seconds", "0.5",
+                                "--repeats", "1", "--loader-steps", "1", "--json", str(out)])
+    assert result["num_micro_batches"] == 2 and result["global_seconds"] == pytest.approx(2.0)
+    d = result["diversity"]
+    assert d["micro_batch"] > 0 and d["global"] > d["pre_pass"] > 0 and 0 < d["pre_pass_share"] < 1
+    assert d["flops"]["global"] == pytest.approx(d["flops"]["micro_batch"] + d["flops"]["pre_pass"], rel=1e-6)
+    partners = result["partners"]
+    assert partners["with"] > 0 and partners["without"] > 0
+    assert partners["decoded_s_with"] >= partners["decoded_s_without"] > 0
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+    assert "| global |" in capsys.readouterr().out

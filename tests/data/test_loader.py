@@ -194,3 +194,35 @@ def test_a_batch_moves_to_the_device_with_its_targets() -> None:
     assert all(t.device.type == "meta" for t in (moved.wav_BT, moved.lengths_B, moved.indices_B,
                                                  moved.targets.labels_BL, moved.targets.lengths_B))
     assert moved.targets.num_clusters == 100 and batch.wav_BT.device.type == "cpu"
+
+
+def test_partner_audio_is_the_same_whatever_the_split(tone_manifest):
+    """Each mixed row carries its partner's segment of the global batch, on any rank, in any micro-batch."""
+    from speechbs.data.partners import PartnerDraw
+
+    draw = PartnerDraw(probability=0.5, seed=2)
+    layouts = {(1, 4.0): None, (2, 4.0): None, (1, 2.5): None}  # (world size, max_device_seconds)
+    for world_size, cap_s in layouts:
+        cfg = batch_cfg(max_device_seconds=cap_s)
+        per_row: dict[int, torch.Tensor] = {}
+        for rank in range(world_size):
+            steps = iter_steps(build_planner(tone_manifest, cfg, AUDIO, seed=1), tone_manifest, AUDIO, rank=rank,
+                               world_size=world_size, num_workers=0, num_steps=2, partners=draw)
+            for k, step in enumerate(steps):
+                chosen = draw.choose(step.batch)
+                for mb in (mb for mb in step.micro_batches if not mb.is_empty):
+                    for row, index in enumerate(mb.indices_B.tolist()):
+                        length = int(mb.partner_lengths_B[row])
+                        partner = chosen.get(index)
+                        assert length == (0 if partner is None else partner.num_samples)
+                        per_row[(k, index)] = mb.partner_wav_BT[row, :length].clone()
+                        if partner is not None:
+                            want = load_audio(tone_manifest.audio_path(partner.index), AUDIO,
+                                              offset_samples=partner.offset_samples, num_samples=partner.num_samples)
+                            assert torch.equal(per_row[(k, index)], torch.from_numpy(want))
+        layouts[(world_size, cap_s)] = per_row
+    reference, *others = layouts.values()
+    assert any(len(v) for v in reference.values())
+    for other in others:
+        assert other.keys() == reference.keys()
+        assert all(torch.equal(other[key], reference[key]) for key in reference)

@@ -6,7 +6,7 @@ import torch
 import pytest
 
 from speechbs.models.blocks import counter_rng
-from speechbs.models.blocks.contrastive import contrastive_logits, contrastive_sum, diversity_fraction
+from speechbs.models.blocks.contrastive import contrastive_logits, contrastive_sum, diversity_fraction, diversity_share
 from speechbs.models.blocks.feature_encoder import (ConvFeatureEncoder, GradMultiply, conv_output_lengths,
                                                     masked_channel_norm, receptive_field_samples)
 from speechbs.models.blocks.masking import sample_negatives, span_mask
@@ -206,6 +206,34 @@ def test_diversity_loss_hand_computed() -> None:
     torch.testing.assert_close(diversity_fraction(ppl, 2, 4), torch.tensor(0.375))
     # A half/half codebook has perplexity 2.
     torch.testing.assert_close(perplexity(torch.full((3, 1, 2), 0.5)), torch.tensor(2.0))
+
+
+def test_diversity_share_has_the_exact_gradient_of_the_pooled_term() -> None:
+    """Shares of a split add up to N * D of the pool, in value and gradient; alone, one is fairseq's term."""
+    torch.manual_seed(0)
+    logits_NGV = torch.randn(30, 2, 5, dtype=torch.float64, requires_grad=True)
+    probs_NGV = logits_NGV.softmax(dim=-1)
+    want = diversity_fraction(perplexity(probs_NGV), 2, 5) * 30
+    (want_grad,) = torch.autograd.grad(want, logits_NGV, retain_graph=True)
+    pool_GV, num = probs_NGV.sum(dim=0).detach(), torch.tensor(30.0, dtype=torch.float64)
+    parts = [diversity_share(probs_NGV[a:b].sum(dim=0), torch.tensor(b - a), pool_GV, num)
+             for a, b in ((0, 7), (7, 20), (20, 30))]
+    (got_grad,) = torch.autograd.grad(sum(parts), logits_NGV)
+    torch.testing.assert_close(sum(parts), want, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-14)
+    alone = diversity_share(probs_NGV.sum(dim=0), torch.tensor(30), pool_GV, num)
+    torch.testing.assert_close(alone, want, rtol=1e-12, atol=0.0)
+
+
+def test_diversity_share_of_an_unused_entry_has_no_nan_gradient() -> None:
+    logits_NGV = torch.randn(6, 1, 4, dtype=torch.float64)
+    logits_NGV[:, 0, 3] = -1e4  # the softmax underflows to exactly 0 for this entry in every frame
+    logits_NGV.requires_grad_(True)
+    probs_NGV = logits_NGV.softmax(dim=-1)
+    share = diversity_share(probs_NGV.sum(dim=0), torch.tensor(6), probs_NGV.sum(dim=0).detach(),
+                            torch.tensor(6.0))
+    (grad_NGV,) = torch.autograd.grad(share, logits_NGV)
+    assert torch.isfinite(grad_NGV).all() and (grad_NGV[:, 0, 3] == 0).all() and grad_NGV.abs().sum() > 0
 
 
 def test_quantizer_straight_through_and_eval_argmax() -> None:

@@ -70,6 +70,36 @@ def test_loss_sum_combines_terms_like_fairseq() -> None:
     assert set(loss.logs()) >= {"contrastive_sum", "num_correct", "diversity_sum", "perplexity_sum", "penalty_sum"}
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_code_usage_pre_pass_sees_what_the_forward_quantizes(training: bool) -> None:
+    """The no-grad pre-pass of diversity_scope global: the same masks, feature dropout and Gumbel noise."""
+    torch.manual_seed(0)
+    model = w2v.Wav2Vec2Model(_quiet(dropout_features=0.3)).double().train(training)
+    wav_BT, lengths_B = _batch([16_000, 9_000, 12_345], torch.float64)
+    seeds_B = torch.tensor([5, 6, 7])
+    torch.manual_seed(1)  # the two calls below see different global-RNG states: they must not depend on it
+    out = model(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=1.5)
+    with torch.no_grad():
+        usage = model.code_usage(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=1.5)
+    torch.testing.assert_close(usage.soft_sum_GV, out.loss.usage.soft_sum_GV, rtol=1e-12, atol=0.0)
+    assert torch.equal(usage.hard_sum_GV, out.loss.usage.hard_sum_GV)
+    assert usage.num_frames == out.loss.num_targets > 0
+    # Given as the step's usage, the diversity and perplexity logged are of those frames.
+    again = model(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=1.5, step_usage=usage + usage)
+    torch.testing.assert_close(again.loss.perplexity_sum, out.loss.perplexity_sum, rtol=1e-12, atol=0.0)
+    model.cfg.dropout_features = 0.0  # the equality above held WITH dropout (keyed by utterance seed)
+    undropped = model.code_usage(wav_BT, lengths_B, seeds_B=seeds_B, gumbel_temperature=1.5)
+    assert torch.allclose(undropped.soft_sum_GV, usage.soft_sum_GV) != training
+
+
+def test_step_usage_needs_the_global_scope() -> None:
+    model = w2v.Wav2Vec2Model(_quiet(diversity_scope="micro_batch")).train()
+    wav_BT, lengths_B = _batch([8_000])
+    usage = model.code_usage(wav_BT, lengths_B, seeds_B=torch.tensor([1]), gumbel_temperature=2.0)
+    with pytest.raises(ValueError, match="diversity_scope"):
+        model(wav_BT, lengths_B, seeds_B=torch.tensor([1]), gumbel_temperature=2.0, step_usage=usage)
+
+
 def test_feature_grad_mult_scales_encoder_gradients_only() -> None:
     grads = {}
     for mult in (1.0, 0.1):

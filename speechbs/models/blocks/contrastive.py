@@ -73,6 +73,38 @@ def diversity_fraction(prob_perplexity: torch.Tensor, num_groups: int, num_entri
     return (num_codevectors - prob_perplexity) / num_codevectors
 
 
+def diversity_share(soft_sum_GV: torch.Tensor, num_targets: torch.Tensor,
+                    step_soft_sum_GV: torch.Tensor, step_num_frames: torch.Tensor) -> torch.Tensor:
+    """This micro-batch's share of N * D(step), the diversity loss of the whole step, with its exact gradient.
+
+    D = (G*V - P) / (G*V), P the perplexity of the step's mean soft distribution
+    a = S / N (S = ``step_soft_sum_GV``, summed over every micro-batch and rank; N its
+    frames). N * D is not a sum over frames, but its gradient is linear in the
+    micro-batches' soft sums: d(N D) = sum_gv c_gv dS_gv with
+
+        c_gv = exp(H_g) (log a_gv + 1) / (G*V),   H_g = -sum_v a_gv log a_gv,
+
+    so a micro-batch that returns ``c . soft_sum_GV`` (c held constant) contributes
+    exactly its part of the step's gradient, and the parts add up over micro-batches
+    and ranks like every other loss sum. The VALUE returned is ``num_targets * D``:
+    summed over the step and divided by N it is D itself, so the logged term keeps
+    its meaning. With ``step_soft_sum_GV`` = this micro-batch's own (detached) sum,
+    this is the per-micro-batch loss of fairseq, gradient included.
+
+    An entry that no frame uses (its mean is exactly 0 after float underflow) gets
+    c = 0 instead of -inf: every frame's softmax gradient for it is 0 either way.
+    """
+    num_gv = soft_sum_GV.numel()
+    step_S_GV = step_soft_sum_GV.detach().to(torch.promote_types(soft_sum_GV.dtype, torch.float32))
+    avg_GV = step_S_GV / step_num_frames.detach().clamp(min=1).to(step_S_GV.dtype)
+    log_avg_GV = torch.where(avg_GV > 0, avg_GV.log(), torch.zeros_like(avg_GV))
+    exp_entropy_G = torch.exp(-(avg_GV * log_avg_GV).sum(dim=-1))
+    step_diversity = (num_gv - exp_entropy_G.sum()) / num_gv
+    coef_GV = exp_entropy_G.view(-1, 1) * (log_avg_GV + 1) / num_gv
+    linear = (coef_GV * soft_sum_GV).sum()
+    return num_targets * step_diversity + (linear - linear.detach())
+
+
 def feature_penalty_per_row(feats_BCT: torch.Tensor, frame_lengths_B: torch.Tensor) -> torch.Tensor:
     """Mean of squared encoder features over each row's valid frames and channels, (B,).
 

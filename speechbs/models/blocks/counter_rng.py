@@ -26,6 +26,7 @@ STREAM_CHANNEL_MASK = 2
 STREAM_NEGATIVES = 3
 STREAM_GUMBEL = 4
 STREAM_MIX = 5  # WavLM utterance mixing (blocks/mixing.py)
+STREAM_FEATURE_DROPOUT = 6  # wav2vec 2.0's dropout on the quantizer input (dropout_features)
 
 
 def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
