@@ -14,9 +14,10 @@ from speechbs import cli
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "wav2vec2" / "tiny_builtin.toml"
-# No dropout and no diversity term: the gradients of 1 and 2 processes are then equal to rounding.
+# No dropout: the gradients of 1 and 2 processes are then equal to rounding (the diversity term is
+# taken over the global batch, so it stays on).
 EXACT = ["model.dropout=0", "model.attention_dropout=0", "model.dropout_input=0", "model.dropout_features=0",
-         "model.diversity_weight=0", "data.num_workers=0"]
+         "data.num_workers=0"]
 CROP = ["batch.crop=max", "batch.crop_max_seconds=4", "batch.max_device_seconds=8"]
 
 
