@@ -1,6 +1,7 @@
 """From micro-batch plans to padded tensors, decoded in DataLoader worker processes.
 
-Legend: B = rows in a micro-batch, T = samples of its longest row (at the model rate).
+Legend: B = rows in a micro-batch, T = its padded width in samples at the model rate (its longest
+row, or the padded length a compiled run rounds it up to: ``MicroBatch.width_samples``).
 
 The planner decides WHAT each device sees (speechbs.data.batching); this module
 only loads it. Each dataset item is one :class:`MicroBatch` plan, so the
@@ -98,7 +99,7 @@ def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBat
     if micro.is_empty:
         return AudioBatch(torch.zeros(1, fill_samples), torch.tensor([fill_samples]),
                           torch.tensor([-1]), is_empty=True)
-    width = max(s.num_samples for s in micro.segments)
+    width = micro.width_samples
     wav_BT = torch.zeros(len(micro.segments), width)
     lengths_B = torch.zeros(len(micro.segments), dtype=torch.int64)
     for row, seg in enumerate(micro.segments):
@@ -140,12 +141,13 @@ class _PlanStream:
     def __iter__(self) -> Iterator[_Item]:
         while True:
             batch = self.cursor.next_batch()
-            yield from _items(batch, self.cursor.split(batch, self.world_size)[self.rank])
+            yield from _items(batch, self.cursor.split(batch, self.world_size)[self.rank], self.cursor)
 
 
-def _items(batch: GlobalBatch, micro_batches: list[MicroBatch]) -> Iterator[_Item]:
-    """Plans for the workers; a placeholder is as long as the batch's shortest segment, so the model runs on it."""
-    fill = min(s.num_samples for s in batch.segments)
+def _items(batch: GlobalBatch, micro_batches: list[MicroBatch], planner: BatchPlanner) -> Iterator[_Item]:
+    """Plans for the workers; a placeholder is as long as the batch's shortest segment (padded as the
+    planner pads), so the model runs on it."""
+    fill = int(planner.pad_width_samples(min(s.num_samples for s in batch.segments)))
     for micro in micro_batches:
         yield _Item(micro, fill)
 
@@ -190,5 +192,5 @@ def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: Au
     planner = build_planner(manifest, cfg, audio_cfg, seed=0)
     batch = planner.batch_at(0, 0)
     dataset = MicroBatchDataset(manifest, audio_cfg, targets)
-    for item in _items(batch, planner.split(batch, world_size)[rank]):
+    for item in _items(batch, planner.split(batch, world_size)[rank], planner):
         yield dataset[item]
