@@ -80,6 +80,26 @@ def test_throughput_times_each_side_and_counts_model_flops(tmp_path, capsys) -> 
     assert "| wav2vec2 | tiny | pretraining step | fp32 | off |" in capsys.readouterr().out
 
 
+def test_throughput_compiles_speechbs_as_training_does_and_counts_the_same_flops(monkeypatch) -> None:
+    """--compile on goes through speechbs.train.compile (here with the tracing-only backend, for speed)."""
+    from speechbs.train import compile as speechbs_compile
+
+    calls = []
+
+    def compile_model(model, **kwargs):
+        calls.append(type(model).__name__)
+        return speechbs_compile.compile_model(model, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(throughput, "compile_model", compile_model)
+    monkeypatch.setattr(throughput, "compile_reference",
+                        lambda module, setting: torch.compile(module, backend="eager") if setting.compile else module)
+    result = throughput.main(["--sizes", "tiny", "--models", "wav2vec2", "--batch", "1", "--seconds", "0.5",
+                              "--repeats", "1", "--warmup", "1", "--compile", "off", "on"])
+    off, on = result["rows"]
+    assert calls == ["Wav2Vec2Model"] and "error" not in on
+    assert on["flops"] == off["flops"]  # counted eagerly, also for the compiled model
+
+
 def test_throughput_refuses_cuda_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
