@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from bench import accumulation, dataload, grad_noise, memory, throughput
+from bench import accumulation, compile_train, dataload, grad_noise, memory, throughput
 
 MACHINE_KEYS = {"platform", "torch", "cpu_count", "device", "date"}
 
@@ -113,3 +113,15 @@ def test_grad_noise_reports_the_amortized_overhead(tmp_path) -> None:
     assert result["plain_s"] > 0 and result["measured_s"] > 0
     assert [r["every"] for r in result["rows"]] == [1, 10, 100]
     assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+
+
+def test_compile_train_reports_each_setting_from_the_loops_metrics(tmp_path, capsys) -> None:
+    pytest.importorskip("espeakng_loader", reason="the built-in corpus needs espeakng-loader")
+    out = tmp_path / "compile.json"
+    result = compile_train.main(["--steps", "3", "--repeats", "1", "--minutes", "1", "--batch-seconds", "10",
+                                 "--backend", "eager", "--warmup", "1", "--json", str(out)])
+    off, on = result["rows"]["off"], result["rows"]["on, 16 lengths"]
+    assert off["graphs"] == 0 and off["compiling_steps"] == 0 and off["steps_per_s"] > 0
+    assert 0 < on["graphs"] <= 2 * 16 + 4 and on["compiling_steps"] >= 1 and on["packing"] <= 1.0
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+    assert "| on, 16 lengths |" in capsys.readouterr().out
