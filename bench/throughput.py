@@ -15,7 +15,9 @@ S seconds of random audio, in this process, one implementation after the other
 
 Each row is one (model, size, precision, compile) setting. ``--precision bf16``
 runs every side under the bf16 autocast of speechbs training; ``--compile on``
-wraps every side's model in ``torch.compile`` (its compile time is reported
+compiles speechbs' model as training does (``speechbs.train.compile``: the conv
+feature encoder and each transformer layer, in place) and wraps each reference's
+model whole in ``torch.compile``, its own natural way (compile time is reported
 apart, not in the step time). On CUDA the step is timed
 between two synchronizations. "TFLOP/s" is speechbs' model FLOPs per step
 (counted once by ``torch.utils.flop_counter`` over forward + backward) over its
@@ -44,6 +46,7 @@ from speechbs.models import convert
 from speechbs.models.hubert import HubertModel
 from speechbs.models.wav2vec2 import Wav2Vec2Model
 from speechbs.rundir import environment
+from speechbs.train.compile import compile_model, eager
 from speechbs.train.step import precision_context
 
 RATE_HZ = 16_000
@@ -86,12 +89,19 @@ class Contenders:
 
     ours: Step
     ours_flops_step: Step
-    """speechbs' forward + backward without the optimizer, eager: what the FLOP counter runs."""
+    """speechbs' forward + backward without the optimizer: what the FLOP counter runs (eagerly)."""
     references: dict[str, Step] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def maybe_compile(module: torch.nn.Module, setting: Setting) -> torch.nn.Module:
+def compile_ours(model: torch.nn.Module, setting: Setting) -> torch.nn.Module:
+    """speechbs' model compiled as the training loop compiles it (in place; one input length here)."""
+    if setting.compile:
+        compile_model(model, num_lengths=1)
+    return model
+
+
+def compile_reference(module: torch.nn.Module, setting: Setting) -> torch.nn.Module:
     return torch.compile(module) if setting.compile else module  # type: ignore[return-value]
 
 
@@ -121,7 +131,7 @@ def wav2vec2_contenders(size: str, setting: Setting, against: list[str]) -> Cont
     wav_BT, lengths_B = setting.audio()
     seeds_B = torch.arange(setting.batch, device=setting.device)
     num_frames = int(hf._get_feat_extract_output_lengths(setting.samples))
-    run_ours, run_hf = maybe_compile(ours, setting), maybe_compile(hf, setting)
+    run_ours, run_hf = compile_ours(ours, setting), compile_reference(hf, setting)
     opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
 
     def loss_ours(model: torch.nn.Module) -> torch.Tensor:
@@ -172,7 +182,7 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
     wav_BT, lengths_B = setting.audio()
     opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
 
-    class Encode(torch.nn.Module):  # a module around ``encode``, so torch.compile sees one forward
+    class Encode(torch.nn.Module):  # a module around ``encode``: one forward, as the references have
         def __init__(self, model: HubertModel) -> None:
             super().__init__()
             self.model = model
@@ -180,7 +190,7 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
         def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
             return self.model.encode(wav, lengths).features_BTC
 
-    run_ours, run_hf = maybe_compile(Encode(ours), setting), maybe_compile(hf, setting)
+    run_ours, run_hf = Encode(compile_ours(ours, setting)), compile_reference(hf, setting)
 
     def loss_ours(model: torch.nn.Module) -> torch.Tensor:
         with setting.autocast():
@@ -202,7 +212,7 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
         except Exception as err:  # torchaudio is optional and often fails to import against another torch
             contenders.skipped[name] = f"torchaudio unavailable: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
             continue
-        run_ta, opt_ta = maybe_compile(ta, setting), torch.optim.AdamW(ta.parameters(), lr=1e-5)
+        run_ta, opt_ta = compile_reference(ta, setting), torch.optim.AdamW(ta.parameters(), lr=1e-5)
 
         def step_ta(run_ta=run_ta, opt_ta=opt_ta) -> None:
             with setting.autocast():
@@ -252,7 +262,8 @@ def measure_row(make: Callable[[], Contenders], setting: Setting, repeats: int, 
     warm_s = {}
     for name, step in steps.items():
         warm_s[name] = sum(timed(step, setting.device) for _ in range(warmup))  # compiles, if it compiles
-    flops = model_flops(contenders.ours_flops_step)
+    with eager():  # the counter sees operators only when they run one by one
+        flops = model_flops(contenders.ours_flops_step)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):  # alternate, so drifts in machine load hit every side alike
         for name, step in steps.items():
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"], dest="compile_modes",
-                        help="torch.compile every side (compile time is reported apart)")
+                        help="torch.compile every side, speechbs as training does (compile time is reported apart)")
     parser.add_argument("--against", nargs="+", default=["transformers"], choices=["transformers", "torchaudio"])
     parser.add_argument("--batch", type=int, default=4, help="utterances per step")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each utterance, s")

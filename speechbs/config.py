@@ -13,6 +13,7 @@ module is only the schema. Every field has a docstring under it with its unit;
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -283,6 +284,18 @@ class TrainConfig:
     grad_noise_window: int = 10
     """Measurements averaged in each logged ``noise_*`` value (a window of ``grad_noise_window * grad_noise_every`` steps)."""
 
+    compile: bool = False
+    """Run the conv feature encoder and each transformer layer of the training forward under
+    ``torch.compile`` (docs/pretraining.md, "Compiling"); validation stays eager. Off: all eager."""
+
+    compile_num_lengths: int = 16
+    """With ``compile``: each micro-batch's padded length is rounded up to one of this many lengths
+    (quantiles of the training set's cropped lengths), so the compiled conv stack sees few shapes, count."""
+
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """``torch.compile`` backend: ``inductor`` generates fused kernels; ``aot_eager`` and ``eager``
+    only trace (no speed-up; for debugging a compiled run's numbers)."""
+
     def __post_init__(self) -> None:
         _require(self.num_steps >= 1, "train.num_steps", "must be >= 1")
         for key in ("log_every", "valid_every", "checkpoint_every", "grad_noise_every"):
@@ -290,6 +303,13 @@ class TrainConfig:
         _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         _require(self.grad_noise_window >= 1, "train.grad_noise_window", "must be >= 1 (measurements per logged value)")
         _require(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", "must be >= 1")
+        _require(self.compile_num_lengths >= 1, "train.compile_num_lengths",
+                 f"must be >= 1 (padded lengths a compiled run rounds up to), got {self.compile_num_lengths}")
+        cls = type(self)  # a dataclass keeps each field's default as a class attribute
+        if not self.compile and (self.compile_num_lengths != cls.compile_num_lengths
+                                 or self.compile_backend != cls.compile_backend):
+            warnings.warn("train.compile_num_lengths and train.compile_backend have no effect with "
+                          "train.compile = false", stacklevel=2)
 
 
 @dataclass(kw_only=True)

@@ -29,10 +29,16 @@ from speechbs.errors import ConfigError
 
 
 # Fields that may differ when a run is resumed: they change how long or how often, not what is learned.
+# The train.compile fields are execution settings like batch.max_device_seconds: they change the
+# kernels and, through the padded lengths, how a step is cut into micro-batches, never which audio
+# forms a step or what the step computes beyond float rounding (and dropout's random draws, which
+# inductor's kernels make their own way). Checkpoints are the same dict either way
+# (speechbs/train/compile.py), so a run started compiled may go on eager, as after a compiler bug.
 RESUMABLE_CHANGES = frozenset({
     "train.num_steps", "train.log_every", "train.valid_every", "train.checkpoint_every",
     "train.keep_last", "train.milestone_steps", "train.milestone_hours", "data.num_workers",
     "data.valid_manifest", "batch.max_device_seconds",
+    "train.compile", "train.compile_num_lengths", "train.compile_backend",
 })
 
 

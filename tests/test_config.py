@@ -34,12 +34,20 @@ def test_recipe_and_overrides(tmp_path):
     ("batch", ["expected section.key=value"]),
     ("batch=3", ["batch is a section"]),
     ("finetune.best_metric=bleu", ["finetune.best_metric", "'wer', 'cer', 'loss'"]),
+    ("train.compile=1", ["train.compile must be true or false"]),
+    ("train.compile_num_lengths=0", ["train.compile_num_lengths", ">= 1"]),
+    ('train.compile_backend="tvm"', ["train.compile_backend", "'inductor', 'aot_eager', 'eager'"]),
 ])
 def test_bad_values_name_the_key(override, words):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     for word in words:
         assert word in str(err.value)
+
+
+def test_compile_settings_without_compile_warn_that_they_do_nothing():
+    with pytest.warns(UserWarning, match="no effect with train.compile = false"):
+        load_config(None, ["train.compile_num_lengths=4"])
 
 
 def test_minutes_and_seconds_together_is_an_error():

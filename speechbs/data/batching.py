@@ -1,7 +1,8 @@
 """The global batch planner: a batch is seconds of real audio per optimizer step (DESIGN section 2).
 
 Legend: N = utterances in the manifest, K = global batches (steps) in an epoch,
-S = segments in one global batch, W = world size (devices), M = micro-batches per device.
+S = segments in one global batch, W = world size (devices), M = micro-batches per device,
+L = padded lengths a micro-batch may take (``num_pad_lengths``).
 
 Two stages, kept apart on purpose. :meth:`BatchPlanner.plan_epoch` chooses the
 GLOBAL set of utterances for every step from (lengths, seed, epoch, config)
@@ -42,7 +43,12 @@ class MicroBatch:
 
     segments: tuple[Segment, ...]
     padded_samples: int
-    """``len(segments) * longest segment`` (0 when empty)."""
+    """``len(segments) * width``: the longest segment, or the padded length that holds it (0 when empty)."""
+
+    @property
+    def width_samples(self) -> int:
+        """Padded length of every row, samples."""
+        return self.padded_samples // len(self.segments) if self.segments else 0
 
     @property
     def is_empty(self) -> bool:
@@ -124,7 +130,10 @@ def row_cost_s(num_samples: np.ndarray | float, sample_rate_hz: int, cfg: BatchC
 class BatchPlanner:
     """Deterministic plan of global batches, and their split into micro-batches per device."""
 
-    def __init__(self, num_samples: np.ndarray, cfg: BatchConfig, *, sample_rate_hz: int, seed: int) -> None:
+    def __init__(self, num_samples: np.ndarray, cfg: BatchConfig, *, sample_rate_hz: int, seed: int,
+                 num_pad_lengths: int = 0) -> None:
+        """``num_pad_lengths`` > 0 rounds every micro-batch's padded length up to one of that many
+        lengths (:meth:`pad_width_samples`); it changes the split only, never a global batch."""
         self.num_samples_N = np.asarray(num_samples, dtype=np.int64)
         self.cfg = cfg
         self.sample_rate_hz = sample_rate_hz
@@ -138,6 +147,7 @@ class BatchPlanner:
         rank_N = np.empty(len(self.capped_N), dtype=np.int64)
         rank_N[np.argsort(self.capped_N, kind="stable")] = np.arange(len(self.capped_N))
         self.bucket_N = rank_N * cfg.num_buckets // len(self.capped_N)
+        self.pad_lengths_L = _pad_lengths(self.capped_N, num_pad_lengths)
         total = int(self.capped_N.sum())
         self.steps_per_epoch = max(1, round(total / (cfg.seconds * sample_rate_hz)))
         step_s = total / self.steps_per_epoch / sample_rate_hz
@@ -281,6 +291,14 @@ class BatchPlanner:
         return batch
 
     # ------------------------------------------------------------------ split
+    def pad_width_samples(self, num_samples: np.ndarray) -> np.ndarray:
+        """The padded length of a micro-batch whose longest row has ``num_samples``: itself, or the
+        shortest of ``pad_lengths_L`` that holds it (the longest of them is the longest row there is)."""
+        num_samples = np.asarray(num_samples, dtype=np.int64)
+        if len(self.pad_lengths_L) == 0:
+            return num_samples
+        return self.pad_lengths_L[np.searchsorted(self.pad_lengths_L, num_samples)]
+
     def split(self, batch: GlobalBatch, world_size: int, min_per_device: int = 1) -> list[list[MicroBatch]]:
         """Per-device micro-batches ``[rank][micro]``; depends only on (batch, world_size, cfg, min_per_device).
 
@@ -289,16 +307,17 @@ class BatchPlanner:
         step asks for 2: it needs two micro-batch gradients), re-cut into at most W * M bins with
         the smallest largest-bin cost (balanced work), then assign bins to
         devices longest-processing-time first, at most M per device; leftover
-        slots are empty micro-batches.
+        slots are empty micro-batches. A bin costs its padded width (:meth:`pad_width_samples`)
+        times its rows, so rounded-up micro-batches stay under the cap too.
         """
         assert world_size >= 1
         segments = sorted(batch.segments, key=lambda s: -s.num_samples)
-        lengths = np.asarray([s.num_samples for s in segments], dtype=np.int64)
-        unit_S = self._unit_cost_s(lengths)
+        widths_S = self.pad_width_samples(np.asarray([s.num_samples for s in segments], dtype=np.int64))
+        unit_S = self._unit_cost_s(widths_S)
         cap = self.cfg.max_device_seconds
         num_slots = max(math.ceil(len(_greedy_bins(unit_S, cap)) / world_size), min_per_device) * world_size
         bins = _balanced_bins(unit_S, num_slots, cap)
-        micro = [MicroBatch(tuple(segments[a:b]), (b - a) * int(lengths[a])) for a, b in bins]
+        micro = [MicroBatch(tuple(segments[a:b]), (b - a) * int(widths_S[a])) for a, b in bins]
         costs = [(b - a) * float(unit_S[a]) for a, b in bins]
         micro += [EMPTY_MICRO_BATCH] * (num_slots - len(micro))
         costs += [0.0] * (num_slots - len(costs))
@@ -328,6 +347,19 @@ class BatchPlanner:
             raise PlanError(f"the checkpoint's step_in_epoch {state['step_in_epoch']} is outside this "
                             f"plan's {self.steps_per_epoch} steps per epoch")
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+
+
+def _pad_lengths(capped_N: np.ndarray, num_lengths: int) -> np.ndarray:
+    """Upper quantiles of the (cropped) lengths, the longest included; empty for ``num_lengths`` 0.
+
+    A compiled conv stack is compiled once per input length, so a compiled run pads each
+    micro-batch up to one of few lengths; quantiles put them where the utterances are, as
+    fairseq's ``BucketPadLengthDataset`` does for TPUs (``num_batch_buckets``).
+    """
+    if num_lengths <= 0:
+        return np.zeros(0, dtype=np.int64)
+    quantiles = np.arange(1, num_lengths + 1) / num_lengths
+    return np.unique(np.quantile(capped_N, quantiles, method="higher")).astype(np.int64)
 
 
 def _greedy_bins(unit_S: np.ndarray, limit: float) -> list[tuple[int, int]]:

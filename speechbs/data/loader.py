@@ -1,6 +1,7 @@
 """From micro-batch plans to padded tensors, decoded in DataLoader worker processes.
 
-Legend: B = rows in a micro-batch, T = samples of its longest row (at the model rate).
+Legend: B = rows in a micro-batch, T = its padded width in samples at the model rate (its longest
+row, or the padded length a compiled run rounds it up to: ``MicroBatch.width_samples``).
 
 The planner decides WHAT each device sees (speechbs.data.batching); this module
 only loads it. Each dataset item is one :class:`MicroBatch` plan, so the
@@ -112,7 +113,7 @@ def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBat
     if micro.is_empty:
         return AudioBatch(torch.zeros(1, fill_samples), torch.tensor([fill_samples]),
                           torch.tensor([-1]), is_empty=True)
-    wav_BT, lengths_B = _load_rows(manifest, audio_cfg, micro.segments)
+    wav_BT, lengths_B = _load_rows(manifest, audio_cfg, micro.segments, micro.width_samples)
     indices = np.asarray([s.index for s in micro.segments], dtype=np.int64)
     batch = AudioBatch(wav_BT, lengths_B, torch.from_numpy(indices), is_empty=False,
                        targets=None if targets is None else targets(micro.segments))
@@ -122,10 +123,11 @@ def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBat
     return batch
 
 
-def _load_rows(manifest: Manifest, audio_cfg: AudioConfig,
-               segments: Sequence[Segment | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(zero-padded audio (B, T) at least one sample wide, real samples per row); a None row stays empty."""
-    width = max([s.num_samples for s in segments if s is not None], default=1)
+def _load_rows(manifest: Manifest, audio_cfg: AudioConfig, segments: Sequence[Segment | None],
+               width_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zero-padded audio (B, T) at least one sample wide, real samples per row); a None row stays empty.
+    T is ``width_samples`` when given (the planner's padded width), else the longest row."""
+    width = width_samples or max([s.num_samples for s in segments if s is not None], default=1)
     wav_BT = torch.zeros(len(segments), width)
     lengths_B = torch.zeros(len(segments), dtype=torch.int64)
     for row, seg in enumerate(segments):
@@ -174,13 +176,14 @@ class _PlanStream:
         for step in itertools.count():
             batch = self.cursor.next_batch()
             chosen = None if self.partners is None else self.partners.choose(batch)
-            yield from _items(batch, self.split(self.cursor, batch, step)[self.rank], chosen)
+            yield from _items(batch, self.split(self.cursor, batch, step)[self.rank], self.cursor, chosen)
 
 
-def _items(batch: GlobalBatch, micro_batches: list[MicroBatch],
+def _items(batch: GlobalBatch, micro_batches: list[MicroBatch], planner: BatchPlanner,
            partners: dict[int, Segment] | None = None) -> Iterator[_Item]:
-    """Plans for the workers; a placeholder is as long as the batch's shortest segment, so the model runs on it."""
-    fill = min(s.num_samples for s in batch.segments)
+    """Plans for the workers; a placeholder is as long as the batch's shortest segment (padded as the
+    planner pads), so the model runs on it."""
+    fill = int(planner.pad_width_samples(min(s.num_samples for s in batch.segments)))
     for micro in micro_batches:
         rows = None if partners is None or micro.is_empty else tuple(partners.get(s.index) for s in micro.segments)
         yield _Item(micro, fill, rows)
@@ -238,5 +241,5 @@ def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: Au
     planner = build_planner(manifest, cfg, audio_cfg, seed=0)
     batch = planner.batch_at(0, 0)
     dataset = MicroBatchDataset(manifest, audio_cfg, targets)
-    for item in _items(batch, planner.split(batch, world_size)[rank]):
+    for item in _items(batch, planner.split(batch, world_size)[rank], planner):
         yield dataset[item]

@@ -30,6 +30,7 @@ from speechbs.data.manifest import read_manifest
 from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext
 from speechbs.rundir import prepare_run_dir
+from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
@@ -86,10 +87,14 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main)
     ckpt_dir = run_dir / "checkpoints"
     manifest = read_manifest(cfg.data.train_manifest)
+    # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
     planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
-                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed)
+                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
+                           num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
     task = build_task(cfg, ctx)
-    model = ctx.wrap_model(task.model, find_unused_parameters=task.find_unused_parameters)
+    compiled = compile_model(task.model, num_lengths=len(planner.pad_lengths_L),
+                             backend=cfg.train.compile_backend) if cfg.train.compile else None
+    model = ctx.wrap_model(task.model, find_unused_parameters=task.find_unused_parameters)  # DDP outside compile
     optimizer = build_optimizer(task.model, cfg.optim)
     lr_peak = peak_lr(cfg.optim, cfg.batch.seconds)
     state = TrainState(noise=NoiseWindow(cfg.train.grad_noise_window))
@@ -108,6 +113,9 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         return state
     log.message(f"training {run_dir}: batch {cfg.batch.seconds:g} s of audio per step, peak LR "
                 f"{lr_peak:.3g} ({cfg.optim.lr_rule} rule), {ctx.world_size} process(es)")
+    if compiled is not None:
+        log.message(f"torch.compile ({cfg.train.compile_backend}): {len(compiled.names)} regions, micro-batches "
+                    f"padded to {len(planner.pad_lengths_L)} lengths; the first steps compile")
 
     stop = _StopFlag()
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
@@ -154,12 +162,14 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
                                             batch_s=data.stats.real_s)
         log.log_step(state.step, {
             **task.metrics(report), "lr": lr, **task.step_logs(state.step), **_batch_logs(data),
+            **({"num_compiled_graphs": compiled.num_graphs()} if compiled is not None else {}),
             "hours_seen": state.hours_seen, "num_skipped": state.num_skipped,
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
-            with autocast() if autocast is not None else contextlib.nullcontext():  # training's precision
+            # Training's precision; eager: validation's whole utterances would be new shapes to compile.
+            with autocast() if autocast is not None else contextlib.nullcontext(), eager():
                 scores = task.validate(task.model, state.step)
             log.log_step(state.step, scores, kind="valid")
             # Rank 0 reads the recorded best and decides for all: another node may see an older

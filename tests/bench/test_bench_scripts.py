@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from bench import accumulation, dataload, global_terms, grad_noise, memory, throughput
+from bench import accumulation, compile_train, dataload, global_terms, grad_noise, memory, throughput
 
 MACHINE_KEYS = {"platform", "torch", "cpu_count", "device", "date"}
 
@@ -80,6 +80,26 @@ def test_throughput_times_each_side_and_counts_model_flops(tmp_path, capsys) -> 
     assert "| wav2vec2 | tiny | pretraining step | fp32 | off |" in capsys.readouterr().out
 
 
+def test_throughput_compiles_speechbs_as_training_does_and_counts_the_same_flops(monkeypatch) -> None:
+    """--compile on goes through speechbs.train.compile (here with the tracing-only backend, for speed)."""
+    from speechbs.train import compile as speechbs_compile
+
+    calls = []
+
+    def compile_model(model, **kwargs):
+        calls.append(type(model).__name__)
+        return speechbs_compile.compile_model(model, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(throughput, "compile_model", compile_model)
+    monkeypatch.setattr(throughput, "compile_reference",
+                        lambda module, setting: torch.compile(module, backend="eager") if setting.compile else module)
+    result = throughput.main(["--sizes", "tiny", "--models", "wav2vec2", "--batch", "1", "--seconds", "0.5",
+                              "--repeats", "1", "--warmup", "1", "--compile", "off", "on"])
+    off, on = result["rows"]
+    assert calls == ["Wav2Vec2Model"] and "error" not in on
+    assert on["flops"] == off["flops"]  # counted eagerly, also for the compiled model
+
+
 def test_throughput_refuses_cuda_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -108,3 +128,15 @@ def test_global_terms_times_both_scopes_and_the_loader_partners(tmp_path, capsys
     assert partners["decoded_s_with"] >= partners["decoded_s_without"] > 0
     assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
     assert "| global |" in capsys.readouterr().out
+
+
+def test_compile_train_reports_each_setting_from_the_loops_metrics(tmp_path, capsys) -> None:
+    pytest.importorskip("espeakng_loader", reason="the built-in corpus needs espeakng-loader")
+    out = tmp_path / "compile.json"
+    result = compile_train.main(["--steps", "3", "--repeats", "1", "--minutes", "1", "--batch-seconds", "10",
+                                 "--backend", "eager", "--warmup", "1", "--json", str(out)])
+    off, on = result["rows"]["off"], result["rows"]["on, 16 lengths"]
+    assert off["graphs"] == 0 and off["compiling_steps"] == 0 and off["steps_per_s"] > 0
+    assert 0 < on["graphs"] <= 2 * 16 + 4 and on["compiling_steps"] >= 1 and on["packing"] <= 1.0
+    assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
+    assert "| on, 16 lengths |" in capsys.readouterr().out

@@ -27,9 +27,9 @@ def librispeech_like(num_utts: int, seed: int = 0) -> np.ndarray:
     return (np.interp(u, quantiles, seconds) * RATE).astype(np.int64)
 
 
-def planner(lengths: np.ndarray, seed: int = 1, **batch) -> BatchPlanner:
+def planner(lengths: np.ndarray, seed: int = 1, num_pad_lengths: int = 0, **batch) -> BatchPlanner:
     cfg = BatchConfig(**{"seconds": 600.0, "max_device_seconds": 87.5, **batch})
-    return BatchPlanner(lengths, cfg, sample_rate_hz=RATE, seed=seed)
+    return BatchPlanner(lengths, cfg, sample_rate_hz=RATE, seed=seed, num_pad_lengths=num_pad_lengths)
 
 
 def cost_s(p: BatchPlanner, mb: MicroBatch) -> float:
@@ -230,3 +230,26 @@ def test_a_noise_step_gets_two_micro_batches_per_device_from_the_same_global_bat
     assert all(len(rank) == 2 for rank in split)
     assert sum(not mb.is_empty for rank in split for mb in rank) >= 2
     assert key(s for rank in split for mb in rank for s in mb.segments) == key(batch.segments)
+
+
+@pytest.mark.parametrize("batch", [{}, {"crop": "max"}, {"cost": "quadratic", "cost_length_seconds": 30.0}])
+def test_pad_lengths_round_widths_up_under_the_cap_and_change_only_the_split(lengths, batch):
+    """A compiled run's micro-batches take one of few widths, still fit the cap, and the run's global
+    batches and resume position are those of an eager run (its checkpoints resume each other)."""
+    eager, padded = planner(lengths, **batch), planner(lengths, num_pad_lengths=6, **batch)
+    assert 1 <= len(padded.pad_lengths_L) <= 6 and padded.pad_lengths_L[-1] == padded.capped_N.max()
+    widths = set()
+    for _ in range(8):
+        gb = padded.next_batch()
+        assert gb == eager.next_batch()
+        for world_size in (1, 3):
+            flat = [mb for micro in padded.split(gb, world_size) for mb in micro if not mb.is_empty]
+            assert key(s for mb in flat for s in mb.segments) == key(gb.segments)
+            for mb in flat:
+                assert mb.width_samples in padded.pad_lengths_L
+                assert mb.width_samples >= max(s.num_samples for s in mb.segments)
+                cost = len(mb.segments) * float(padded._unit_cost_s(mb.width_samples))
+                assert cost <= padded.cfg.max_device_seconds + 1e-9
+                widths.add(mb.width_samples)
+    assert len(widths) <= 6
+    assert padded.state_dict() == eager.state_dict()

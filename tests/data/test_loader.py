@@ -12,7 +12,7 @@ import torch
 from speechbs.config import AudioConfig, BatchConfig
 from speechbs.data.audio import load_audio
 from speechbs.data.loader import AudioBatch, build_planner, eval_micro_batches, iter_steps, load_micro_batch
-from speechbs.data.batching import EMPTY_MICRO_BATCH
+from speechbs.data.batching import EMPTY_MICRO_BATCH, BatchPlanner
 from speechbs.data.manifest import Manifest
 
 AUDIO = AudioConfig(sample_rate_hz=16_000)
@@ -43,11 +43,15 @@ def batch_cfg(**kw) -> BatchConfig:
     return BatchConfig(**{"seconds": 8.0, "max_device_seconds": 4.0, "crop": "max", "crop_max_seconds": 2.0, **kw})
 
 
-def check_rows_match_load_audio(manifest: Manifest, step) -> None:
+def check_rows_match_load_audio(manifest: Manifest, step, pad_lengths: np.ndarray | None = None) -> None:
+    """Each row is its segment's audio then zeros; the width is the longest row, or one of ``pad_lengths``."""
     planned = [mb for mb in step.micro_batches if not mb.is_empty]
     for audio in planned:
         assert audio.wav_BT.dtype == torch.float32 and audio.lengths_B.dtype == torch.int64
-        assert audio.wav_BT.shape[1] == int(audio.lengths_B.max())
+        if pad_lengths is None:
+            assert audio.wav_BT.shape[1] == int(audio.lengths_B.max())
+        else:
+            assert audio.wav_BT.shape[1] in pad_lengths and audio.wav_BT.shape[1] >= int(audio.lengths_B.max())
     segments = {s.index: s for s in step.batch.segments}
     for audio in planned:
         for row, index in enumerate(audio.indices_B.tolist()):
@@ -68,6 +72,20 @@ def test_loader_pads_and_matches_load_audio_per_row(tone_manifest, num_workers):
         assert {i for mb in step.micro_batches for i in mb.indices_B.tolist()} == \
             {s.index for s in step.batch.segments}
         check_rows_match_load_audio(tone_manifest, step)
+
+
+def test_pad_lengths_pad_every_micro_batch_and_placeholder_with_lengths_kept_exact(tone_manifest):
+    cfg = batch_cfg(crop="none", max_device_seconds=6.0)
+    lengths = tone_manifest.num_model_samples(AUDIO.sample_rate_hz)
+    planner = BatchPlanner(lengths, cfg, sample_rate_hz=AUDIO.sample_rate_hz, seed=1, num_pad_lengths=3)
+    widths, num_empty = set(), 0
+    for step in iter_steps(planner, tone_manifest, AUDIO, rank=7, world_size=8, num_workers=0,
+                           num_steps=planner.steps_per_epoch):  # 8 ranks: some get placeholders
+        check_rows_match_load_audio(tone_manifest, step, planner.pad_lengths_L)
+        widths |= {mb.wav_BT.shape[1] for mb in step.micro_batches}
+        num_empty += sum(mb.is_empty and not mb.wav_BT.any() for mb in step.micro_batches)
+    assert widths <= set(planner.pad_lengths_L.tolist()) and len(planner.pad_lengths_L) == 3
+    assert num_empty > 0
 
 
 def test_every_rank_gets_its_share_and_placeholders_are_zero_rows(tone_manifest):
