@@ -222,7 +222,7 @@ def fixed_state_axes(axes, records: list[dict]) -> None:
         return
     b_ax.plot(sorted(batches), sorted(batches), linestyle=":", color="gray", label="B_simple = batch")
     titles = (("gradient std per parameter (dashed: 1/sqrt(2) per doubling)", "grad std"),
-              ("critical batch B_simple (s of audio)", "B_simple (s)"),
+              ("critical batch B_simple (s of audio; a bar to 10x: no upper bound)", "B_simple (s)"),
               ("RMS of the batch-mean gradient", "grad RMS"))
     for ax, (title, ylabel) in zip(axes, titles):
         batch_axis(ax, batches)

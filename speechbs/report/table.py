@@ -69,7 +69,8 @@ def _fmt(column: str, value: str | int | Cell) -> str:
     mean, sd = value
     if mean is None:
         return "-"
-    return _number(column, mean) + (f" ± {_number(column, sd)}" if sd is not None else "")
+    # Equal over the seeds (the batch, the LR, the steps): the spread says nothing, so none is shown.
+    return _number(column, mean) + (f" ± {_number(column, sd)}" if sd else "")
 
 
 def markdown(collected: Collected) -> str:
