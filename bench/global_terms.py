@@ -189,7 +189,8 @@ def print_tables(result: dict[str, Any]) -> None:
           f"global step |\n")
     f = d["flops"]
     print(f"| model FLOPs per step | micro_batch | global | of which the pre-pass |\n|---|---|---|---|\n"
-          f"| GFLOP | {f['micro_batch'] / 1e9:.1f} | {f['global'] / 1e9:.1f} ({f['global'] / f['micro_batch'] - 1:+.1%}) | "
+          f"| GFLOP | {f['micro_batch'] / 1e9:.1f} | {f['global'] / 1e9:.1f} "
+          f"({f['global'] / f['micro_batch'] - 1:+.1%}) | "
           f"{f['pre_pass'] / 1e9:.1f} ({f['pre_pass'] / f['global']:.1%}) |\n")
     p = result["partners"]
     print(f"| loader (mix_prob {result['mix_prob']:g}) | s per step of loading | vs without | audio decoded per "
