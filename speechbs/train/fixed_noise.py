@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,11 @@ class BatchGradients:
     """Targets of each repeat (masked frames for pretraining)."""
     num_skipped: int = 0
     """Repeats left out because their loss or gradient was not finite."""
+
+    @cached_property
+    def gram_RR(self) -> np.ndarray:
+        """<G_r, G_s> in float64: every statistic and every resample reads it (computed once)."""
+        return gram(self.grads_RP)
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ def summarize(measured: BatchGradients, *, seed: int = 0, num_bootstrap: int = N
     num, num_params = grads_RP.shape
     if num < 2:
         raise ValueError(f"batch {measured.batch_s:g} s: {num} usable repeat(s); the std needs at least 2")
-    gram_RR = gram(grads_RP)
+    gram_RR = measured.gram_RR
     real_s = float(measured.seconds_R.mean())
     point = {key: float(value) for key, value in _statistics(gram_RR, real_s, num_params).items()}
     draws = _statistics(_resamples(gram_RR, np.random.default_rng(seed), num_bootstrap), real_s, num_params)
@@ -235,7 +241,7 @@ def std_per_doubling(entries: Sequence[BatchNoise], measured: Sequence[BatchGrad
     num_params = measured[0].grads_RP.shape[1]
     ys = []
     for m, entry in zip(measured, entries):
-        gram_RR = gram(m.grads_RP)
+        gram_RR = m.gram_RR
         pick_XR = rng.integers(0, gram_RR.shape[0], (num_bootstrap, gram_RR.shape[0]))
         ys.append(_statistics(gram_RR[pick_XR[:, :, None], pick_XR[:, None, :]], entry.real_s_mean,
                               num_params)["grad_std"])
