@@ -30,6 +30,45 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of ``step_00001234.pt``."""
+    return int(path.stem.split("_")[1])
+
+
+def milestone_checkpoints(run_dir: Path, marks_h: list[float]) -> list[tuple[float, Path]]:
+    """(mark in hours, kept checkpoint) for each mark the run has passed.
+
+    The loop keeps a checkpoint at the first step whose hours seen reach a mark;
+    its step's ``hours_seen`` is read back from metrics.jsonl.
+    """
+    index_path = run_dir / "checkpoints" / "index.json"
+    if not index_path.is_file() or not marks_h:
+        return []
+    names = json.loads(index_path.read_text()).get("milestones", [])
+    steps = sorted(checkpoint_step(Path(n)) for n in names if (run_dir / "checkpoints" / n).is_file())
+    hours = _hours_at_steps(run_dir / "metrics.jsonl", set(steps))
+    result = []
+    for mark in sorted(marks_h):
+        step = next((s for s in steps if hours.get(s, -1.0) >= mark), None)
+        if step is not None:
+            result.append((mark, run_dir / "checkpoints" / checkpoint_name(step)))
+    return result
+
+
+def _hours_at_steps(metrics: Path, steps: set[int]) -> dict[int, float]:
+    hours: dict[int, float] = {}
+    if not metrics.is_file():
+        return hours
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if row.get("kind", "train") == "train" and row.get("step") in steps and "hours_seen" in row:
+            hours[row["step"]] = float(row["hours_seen"])
+    return hours
+
+
 def save_checkpoint(
     ckpt_dir: str | Path,
     step: int,

@@ -273,7 +273,8 @@ class TrainConfig:
     """Steps whose checkpoints are kept forever (e.g. every LR minimum of a cyclic schedule)."""
 
     milestone_hours: list[float] = field(default_factory=list)
-    """Hours of real audio seen at which a checkpoint is saved and kept forever."""
+    """Hours of real audio seen at which a checkpoint is saved and kept forever, h: at the first step that
+    reaches the mark, or with a cyclic schedule at the first LR minimum after it (a fair point to fine-tune)."""
 
     max_nonfinite_in_row: int = 20
     """Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."""

@@ -294,3 +294,28 @@ def test_a_step_of_one_micro_batch_is_still_measured(builtin_corpus_2min, tmp_pa
     assert all(measured[k]["noise_micro_batches"] == 2 and measured[k]["noise_tr_sigma_1s_step"] > 0 for k in (1, 2, 3))
     assert [measured[k]["batch_fingerprint"] for k in (1, 2, 3)] == [plain[k]["batch_fingerprint"] for k in (1, 2, 3)]
     assert _max_rel_diff(_params(tmp_path / "measured", 3), _params(tmp_path / "plain", 3)) < 1e-4
+
+
+def test_an_hours_mark_is_kept_at_the_next_lr_minimum_of_a_cyclic_schedule(digits_manifests, tmp_path):
+    """A mark reached mid-cycle is kept at the cycle's end, also by a run resumed in between.
+
+    12 s per step: the 0.015 h mark (54 s) is reached at step 5; the cycle of 4 steps has
+    its minimum at step 8. The resume is from step 6 (past the mark, before the minimum),
+    as after a preemption: it must keep step 8 again, not step 6 or 7.
+    """
+    from speechbs.checkpoint import milestone_checkpoints, read_index
+
+    train, valid = digits_manifests
+    args = _settings(train, valid, tmp_path, "cyc", 10, "schedule.kind=\"cyclic\"", "schedule.cycle_steps=4",
+                     "train.milestone_hours=[0.015]")
+    run, ckpts = tmp_path / "cyc", tmp_path / "cyc" / "checkpoints"
+    _run(args)
+    metrics = _metrics(run)
+    assert metrics[4]["hours_seen"] < 0.015 <= metrics[5]["hours_seen"]  # the mark really falls mid-cycle
+    assert read_index(ckpts)["milestones"] == ["step_00000008.pt"]
+    for step in (8, 10):  # back to the state a stop at step 6 leaves
+        (ckpts / f"step_{step:08d}.pt").unlink()
+    (ckpts / "index.json").write_text(json.dumps({"latest": "step_00000006.pt", "milestones": []}))
+    _run(args)
+    assert read_index(ckpts)["milestones"] == ["step_00000008.pt"]
+    assert milestone_checkpoints(run, [0.015]) == [(0.015, ckpts / "step_00000008.pt")]

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechbs.checkpoint import checkpoint_step, milestone_checkpoints
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -189,6 +191,7 @@ def read_point(point_dir: Path, notes: list[str], last_rows: int = LAST_ROWS) ->
             continue
         row.scores.append(Score(split, test, _number(data.get("wer")), _number(data.get("cer")), milestone_h,
                                 milestone_h if milestone_h is not None else row.hours_seen))
+    row.scores += _final_as_milestones(point_dir / "pretrain", row)
     if decode_dir.is_dir():
         for decoded in sorted(decode_dir.glob("*/*")):
             if decoded.is_dir() and not (decoded / "score.json").is_file():
@@ -196,6 +199,25 @@ def read_point(point_dir: Path, notes: list[str], last_rows: int = LAST_ROWS) ->
     elif (point_dir / "pretrain").is_dir():
         notes.append(f"{point_dir.name}: no decode/ directory: not fine-tuned and scored yet")
     return row
+
+
+def _final_as_milestones(pretrain_dir: Path, row: RunRow) -> list[Score]:
+    """The final model's scores again at each hours mark whose kept checkpoint is the last one.
+
+    The sweep does not fine-tune that checkpoint twice, but the milestone table and the
+    equal-hours comparison list the point at that mark too.
+    """
+    config = _read_toml(pretrain_dir / "config.toml") or {}
+    marks = config.get("train", {}).get("milestone_hours", [])
+    last = row.num_steps or row.steps
+    extra = []
+    for mark, ckpt in milestone_checkpoints(pretrain_dir, [float(m) for m in marks]):
+        if checkpoint_step(ckpt) != last:
+            continue
+        extra += [Score(s.split, s.test, s.wer, s.cer, mark, mark) for s in row.scores
+                  if s.milestone_h is None and not any(t.milestone_h == mark and (t.split, t.test) == (s.split, s.test)
+                                                       for t in row.scores)]
+    return extra
 
 
 def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_ROWS) -> RunRow:

@@ -29,6 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from speechbs.checkpoint import checkpoint_step, milestone_checkpoints
 from speechbs.sweep.plan import Point, SweepPlan, toml_str
 
 KINDS = ("pretrain", "finetune", "decode", "score", "noise")
@@ -91,40 +92,6 @@ def is_done(stage: Stage) -> bool:
     raise AssertionError(stage.kind)
 
 
-def milestone_checkpoints(run_dir: Path, marks_h: list[float]) -> list[tuple[float, Path]]:
-    """(mark in hours, kept checkpoint) for each mark the run has passed.
-
-    The loop keeps a checkpoint at the first step whose hours seen reach a mark;
-    its step's ``hours_seen`` is read back from metrics.jsonl.
-    """
-    index_path = run_dir / "checkpoints" / "index.json"
-    if not index_path.is_file() or not marks_h:
-        return []
-    names = json.loads(index_path.read_text()).get("milestones", [])
-    steps = sorted(int(Path(n).stem.split("_")[1]) for n in names if (run_dir / "checkpoints" / n).is_file())
-    hours = _hours_at_steps(run_dir / "metrics.jsonl", set(steps))
-    result = []
-    for mark in sorted(marks_h):
-        step = next((s for s in steps if hours.get(s, -1.0) >= mark), None)
-        if step is not None:
-            result.append((mark, run_dir / "checkpoints" / f"step_{step:08d}.pt"))
-    return result
-
-
-def _hours_at_steps(metrics: Path, steps: set[int]) -> dict[int, float]:
-    hours: dict[int, float] = {}
-    if not metrics.is_file():
-        return hours
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if row.get("kind", "train") == "train" and row.get("step") in steps and "hours_seen" in row:
-            hours[row["step"]] = float(row["hours_seen"])
-    return hours
-
-
 def finetuned_checkpoint(run_dir: Path) -> Path:
     """The checkpoint to decode with: ``best.pt`` (dev-WER best) when saved, else the run directory."""
     best = run_dir / "checkpoints" / "best.pt"
@@ -142,7 +109,8 @@ def point_stages(plan: SweepPlan, point: Point) -> list[Stage]:
     inits: list[tuple[str, Path, float | None]] = [("", pretrain_dir, None)]
     if plan.cfg.sweep.finetune_milestones:
         for mark, ckpt in milestone_checkpoints(pretrain_dir, plan.cfg.sweep.milestone_hours):
-            inits.append((f"@{mark:g}h", ckpt, mark))
+            if checkpoint_step(ckpt) != point.num_steps:  # a mark kept at the last step is the final model
+                inits.append((f"@{mark:g}h", ckpt, mark))
     for spec in plan.cfg.finetune:
         for tag, init, mark in inits:
             stages += _finetune_stages(plan, point, spec, tag, init, mark)

@@ -34,7 +34,7 @@ from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
-from speechbs.train.schedule import lr_scale, peak_lr
+from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
 from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted, checkpoint saved; the SLURM template requeues on it
@@ -79,6 +79,8 @@ class TrainState:
     num_skipped: int = 0
     noise: NoiseWindow = field(default_factory=NoiseWindow)
     """The last gradient-noise measurements behind the logged ``noise_*`` values."""
+    marks_kept: list[float] = field(default_factory=list)
+    """The ``train.milestone_hours`` marks whose checkpoint has been kept."""
 
 
 def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
@@ -105,7 +107,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     # --- restore ------------------------------------------------------------------
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
-        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler, state)
+        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler, state,
+                         marks=cfg.train.milestone_hours)
         log.message(f"resumed from {latest} at step {state.step} ({state.hours_seen:.3f} h seen)")
     if state.step >= cfg.train.num_steps:
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
@@ -119,7 +122,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
 
     stop = _StopFlag()
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
-    milestone_hours = sorted(h for h in cfg.train.milestone_hours if h > state.hours_seen)
+    pending_marks = sorted(h for h in cfg.train.milestone_hours if h not in state.marks_kept)
     every, first_step = cfg.train.grad_noise_every, state.step
 
     def measures(step: int) -> bool:
@@ -184,9 +187,13 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
                     log.message(f"new best {task.best_metric} {scores[task.best_metric]:.4g} at step {state.step}")
                 ctx.barrier()
 
-        milestone = bool(milestone_hours and state.hours_seen >= milestone_hours[0])
-        while milestone_hours and state.hours_seen >= milestone_hours[0]:
-            milestone_hours.pop(0)
+        # An hours mark is kept at the first step that reaches it, or with a cyclic
+        # schedule at the first LR minimum after that (schedule.at_lr_minimum).
+        reached = [h for h in pending_marks if state.hours_seen >= h]
+        milestone = bool(reached) and at_lr_minimum(state.step, cfg.schedule, cfg.train.num_steps)
+        if milestone:
+            state.marks_kept += reached
+            pending_marks = pending_marks[len(reached):]
         milestone |= state.step in cfg.train.milestone_steps
         stopping = report.stop_requested  # agreed by every rank inside the step's one all-reduce
         if (milestone or stopping or state.step == cfg.train.num_steps
@@ -248,6 +255,7 @@ def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, pl
         "hours_seen": state.hours_seen,
         "num_skipped": state.num_skipped,
         "grad_noise": state.noise.state_dict(),
+        "milestone_marks_kept": list(state.marks_kept),
         # fp16 only: the loss scale it has settled on (bf16 and fp32 need none).
         "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
         "config_toml": dump_toml(cfg),
@@ -255,7 +263,8 @@ def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, pl
 
 
 def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
-             grad_scaler: torch.amp.GradScaler | None, fresh: TrainState | None = None) -> TrainState:
+             grad_scaler: torch.amp.GradScaler | None, fresh: TrainState | None = None,
+             marks: list[float] = ()) -> TrainState:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     planner.load_state_dict(ckpt["planner"])
@@ -265,6 +274,10 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
                        num_skipped=int(ckpt["num_skipped"]), noise=fresh.noise if fresh else NoiseWindow())
     if "grad_noise" in ckpt:
         state.noise.load_state_dict(ckpt["grad_noise"])
+    if "milestone_marks_kept" in ckpt:
+        state.marks_kept = [float(h) for h in ckpt["milestone_marks_kept"]]
+    else:  # written before marks were recorded: each mark was kept at the step that reached it
+        state.marks_kept = [h for h in marks if h <= state.hours_seen]
     return state
 
 

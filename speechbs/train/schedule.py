@@ -60,6 +60,16 @@ def lr_scale(step: int, sched: ScheduleConfig, num_steps: int) -> float:
     raise AssertionError(f"unhandled schedule {sched.kind}")
 
 
+def at_lr_minimum(step: int, sched: ScheduleConfig, num_steps: int) -> bool:
+    """Whether the model after ``step`` steps is a fair point to stop and fine-tune.
+
+    Always, except inside a cycle of a ``cyclic`` schedule: there only the LR
+    minima (multiples of ``cycle_steps``) and the run's last step are, which is
+    why the seed study fine-tunes its cyclic runs' checkpoints at the minima.
+    """
+    return sched.kind != "cyclic" or step % sched.cycle_steps == 0 or step >= num_steps
+
+
 def _warmup(step: int, warmup: int, start: float) -> float:
     return start + (1.0 - start) * step / max(warmup, 1)
 
