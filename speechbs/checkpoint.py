@@ -128,6 +128,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                         f"checkpoint, convert it explicitly; speechbs never unpickles code.") from None
 
 
+def set_aside_after(ckpt_dir: str | Path, step: int) -> Path | None:
+    """Move the checkpoints after ``step`` (and ``best.pt`` if it is later) into ``abandoned-<n>/``.
+
+    A restart from an earlier checkpoint (``--restart-from``) abandons the branch of the run after
+    it; its files are kept, never deleted, but out of reach of :func:`latest_checkpoint`, pruning
+    and the milestone index. The old ``index.json`` goes with them. Returns the folder, or None
+    when nothing came after ``step``.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    later = [p for p in sorted(ckpt_dir.glob("step_*.pt")) if checkpoint_step(p) > step]
+    index = read_index(ckpt_dir)
+    best = index.get("best")
+    best_later = best is not None and best["step"] > step and (ckpt_dir / BEST).is_file()
+    if not later and not best_later:
+        return None
+    num = 1 + sum(1 for p in ckpt_dir.glob("abandoned-*") if p.is_dir())
+    dest = ckpt_dir / f"abandoned-{num}"
+    dest.mkdir()
+    _write_index(dest, index)
+    for path in reversed(later + ([ckpt_dir / BEST] if best_later else [])):
+        os.replace(path, dest / path.name)
+    if best_later:
+        index.pop("best")
+    index["milestones"] = [name for name in index["milestones"] if (ckpt_dir / name).is_file()]
+    kept = ckpt_dir / checkpoint_name(step)
+    index["latest"] = kept.name if kept.is_file() else None
+    _write_index(ckpt_dir, index)
+    return dest
+
+
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
     tmp = path.parent / f".{path.name}.tmp"
     with open(tmp, "wb") as f:
