@@ -40,6 +40,7 @@ from speechbs.errors import ConfigError, DataError
 from speechbs.pretrain import utterance_seeds
 from speechbs.rundir import run_dir_of
 from speechbs.train.loop import Task, train
+from speechbs.train import resume
 from speechbs.train.step import StepOutput, StepReport
 
 # Pretraining settings that fine-tuning replaces (fairseq wav2vec_ctc's overrides of the w2v args).
@@ -54,12 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. --set finetune.init=runs/w2v2-tiny-builtin")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
                         help="process-group backend under torchrun (auto: NCCL on GPU, gloo on CPU)")
+    resume.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg, init_state = prepare_finetune(load_config(args.recipe, args.overrides))
+    options = resume.options_from_args("finetune", args)
     with distributed(args.backend) as ctx:
-        train(cfg, functools.partial(build_finetune_task, init_state=init_state), ctx)
+        train(cfg, functools.partial(build_finetune_task, init_state=init_state), ctx, options)
     return 0
 
 

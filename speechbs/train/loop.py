@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from speechbs.checkpoint import best_score, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import TargetsFn, iter_steps
@@ -34,6 +34,7 @@ from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
+from speechbs.train.resume import ResumeOptions, begin, divergence_advice, record
 from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
 from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
 
@@ -83,10 +84,15 @@ class TrainState:
     """The ``train.milestone_hours`` marks whose checkpoint has been kept."""
 
 
-def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
-    """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint."""
+def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext,
+          resume: ResumeOptions = ResumeOptions()) -> TrainState:
+    """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint.
+
+    ``resume``: planned changes (``--allow-change``) and restarts (``--restart-from``), see train/resume.py.
+    """
     # --- build ------------------------------------------------------------------
-    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main)
+    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
+                              allow_changes=resume.allow_changes)
     ckpt_dir = run_dir / "checkpoints"
     manifest = read_manifest(cfg.data.train_manifest)
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
@@ -105,11 +111,14 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
 
     # --- restore ------------------------------------------------------------------
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler, state,
-                         marks=cfg.train.milestone_hours)
-        log.message(f"resumed from {latest} at step {state.step} ({state.hours_seen:.3f} h seen)")
+    start = begin(run_dir, cfg, resume, ctx)  # the latest checkpoint, or a restart's (rank 0 decides for all)
+    ckpt = load_checkpoint(start.checkpoint) if start.checkpoint is not None else None
+    if ckpt is not None:
+        state = _restore(ckpt, task.model, optimizer, planner, grad_scaler, state, marks=cfg.train.milestone_hours)
+        log.message(f"resumed from {start.checkpoint} at step {state.step} ({state.hours_seen:.3f} h seen)")
+    if ctx.is_main:
+        record(run_dir, cfg, start, ckpt, state.step, log)  # resumes.jsonl and a "resume" row in metrics.jsonl
+    del ckpt
     if state.step >= cfg.train.num_steps:
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
         log.close()
@@ -121,7 +130,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
                     f"padded to {len(planner.pad_lengths_L)} lengths; the first steps compile")
 
     stop = _StopFlag()
-    guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row,  # rank 0 names the checkpoint and command to restart
+                           advice=(lambda first: divergence_advice(run_dir, cfg, resume, first)) if ctx.is_main else None)
     pending_marks = sorted(h for h in cfg.train.milestone_hours if h not in state.marks_kept)
     every, first_step = cfg.train.grad_noise_every, state.step
 
@@ -196,8 +206,10 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
             pending_marks = pending_marks[len(reached):]
         milestone |= state.step in cfg.train.milestone_steps
         stopping = report.stop_requested  # agreed by every rank inside the step's one all-reduce
+        # No rolling checkpoint while steps are skipped: it would hold the weights that gave NaN and
+        # prune one from before, which a restart needs (resume.divergence_advice).
         if (milestone or stopping or state.step == cfg.train.num_steps
-                or state.step % max(cfg.train.checkpoint_every, 1) == 0):
+                or (state.step % max(cfg.train.checkpoint_every, 1) == 0 and not guard.num_in_a_row)):
             if ctx.is_main:
                 save_checkpoint(ckpt_dir, state.step,
                                 _state_dict(cfg, task.model, optimizer, planner, state, grad_scaler),
@@ -266,7 +278,12 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
              grad_scaler: torch.amp.GradScaler | None, fresh: TrainState | None = None,
              marks: list[float] = ()) -> TrainState:
     model.load_state_dict(ckpt["model"])
+    # The moments come from the checkpoint, the settings from the config (a planned change, e.g. of
+    # optim.weight_decay, takes effect; the LR is set before every step anyway).
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, kept in zip(optimizer.param_groups, settings):
+        group.update(kept)
     planner.load_state_dict(ckpt["planner"])
     if grad_scaler is not None and ckpt.get("grad_scaler"):
         grad_scaler.load_state_dict(ckpt["grad_scaler"])
