@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg, init_state = prepare_finetune(load_config(args.recipe, args.overrides))
     options = resume.options_from_args("finetune", args)
-    with distributed(args.backend) as ctx:
+    with distributed(args.backend, timeout_s=cfg.train.collective_timeout_s) as ctx:
         train(cfg, functools.partial(build_finetune_task, init_state=init_state), ctx, options)
     return 0
 

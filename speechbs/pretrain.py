@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     options = resume.options_from_args("pretrain", args)
-    with distributed(args.backend) as ctx:
+    with distributed(args.backend, timeout_s=cfg.train.collective_timeout_s) as ctx:
         train(cfg, build_pretrain_task, ctx, options)
     return 0
 

@@ -44,7 +44,7 @@ RESUMABLE_CHANGES = frozenset({
     "train.keep_last", "train.milestone_steps", "train.milestone_hours", "data.num_workers",
     "data.valid_manifest", "batch.max_device_seconds",
     "train.compile", "train.compile_num_lengths", "train.compile_backend",
-    "train.max_nonfinite_in_row",
+    "train.max_nonfinite_in_row", "train.collective_timeout_s",
 })
 
 # Fields a resume may change only when the command names them (--allow-change KEY), because they

@@ -28,7 +28,7 @@ from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.data.partners import PartnerDraw
-from speechbs.dist import DistContext
+from speechbs.dist import DistContext, stall_for_tests
 from speechbs.rundir import prepare_run_dir
 from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
@@ -156,10 +156,12 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         probe = GradNoiseProbe(task.model) if measures(state.step) else None
         prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
-        report = train_step(model, optimizer, data.micro_batches,
-                            lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
-                            clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                            grad_noise=probe, stop_requested=stop.requested, prepare=prepare)
+        stall_for_tests(ctx.rank, state.step + 1)  # SPEECHBS_TEST_STALL only (tests/test_multinode.py)
+        with ctx.collective(f"step {state.step + 1}"):  # a stalled peer ends the job with rank, step, operation
+            report = train_step(model, optimizer, data.micro_batches,
+                                lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
+                                clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
+                                grad_noise=probe, stop_requested=stop.requested, prepare=prepare)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
@@ -182,7 +184,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             # Training's precision; eager: validation's whole utterances would be new shapes to compile.
-            with autocast() if autocast is not None else contextlib.nullcontext(), eager():
+            with ctx.collective(f"validation after step {state.step}"), \
+                    autocast() if autocast is not None else contextlib.nullcontext(), eager():
                 scores = task.validate(task.model, state.step)
             log.log_step(state.step, scores, kind="valid")
             # Rank 0 reads the recorded best and decides for all: another node may see an older
@@ -214,7 +217,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
                 save_checkpoint(ckpt_dir, state.step,
                                 _state_dict(cfg, task.model, optimizer, planner, state, grad_scaler),
                                 keep_last=cfg.train.keep_last, milestone=milestone)
-            ctx.barrier()
+            with ctx.collective(f"the barrier after rank 0 saved the checkpoint of step {state.step}"):
+                ctx.barrier()
         if stopping:
             log.message(f"stopped by signal at step {state.step}; checkpoint saved, exit {EXIT_REQUEUE} to requeue")
             log.close()

@@ -156,12 +156,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     assert len(micro_batches) > 0, "the batch plan gives every rank at least one micro-batch"
     optimizer.zero_grad(set_to_none=True)
     if prepare is not None:
-        with autocast() if autocast is not None else contextlib.nullcontext():
+        with ctx.collective("the pre-pass over the global batch"), \
+                autocast() if autocast is not None else contextlib.nullcontext():
             prepared = prepare(model, micro_batches)
         forward = functools.partial(forward, prepared=prepared)
-    packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
+    with ctx.collective("the gradient all-reduce of the micro-batches' backward"):
+        packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
     packed_K[3] = float(stop_requested)
-    ctx.all_reduce_sum(packed_K)
+    with ctx.collective("the all-reduce of the step's target count and loss sums"):
+        ctx.all_reduce_sum(packed_K)
     num_targets, num_nonfinite, loss_sum, num_stop, *log_values = packed_K.tolist()  # the one host sync so far
     noise_stats = None
     if grad_noise is not None and num_nonfinite == 0:
