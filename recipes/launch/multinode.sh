@@ -6,6 +6,12 @@
 # HEAD is a hostname or address of one of the nodes that all nodes can reach;
 # port 29400 must be open between them. The c10d rendezvous needs no etcd and
 # assigns ranks itself, so the same command works on every node.
+#
+# When a node is lost, the agents left restart their workers (up to MAX_RESTARTS
+# times, default 3) and wait for a node to take its place: start this script again
+# there (or on a spare). The job resumes from the last checkpoint. Gloo binds the
+# interface of the hostname's address; where that is the wrong one, set
+# GLOO_SOCKET_IFNAME (NCCL: NCCL_SOCKET_IFNAME).
 set -euo pipefail
 
 RECIPE=${1:?usage: HEAD=host NUM_NODES=n recipes/launch/multinode.sh RECIPE.toml [speechbs pretrain options]}
@@ -15,6 +21,10 @@ NUM_NODES=${NUM_NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 
 export OMP_NUM_THREADS=1
+# torch 2.13 shares the rendezvous store with the workers by default, and then a replacement node
+# waits forever for store details that the surviving agents never publish again (tests/test_multinode.py).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 exec torchrun --nnodes "$NUM_NODES" --nproc-per-node "$GPUS_PER_NODE" \
     --rdzv-backend c10d --rdzv-endpoint "$HEAD:29400" --rdzv-id "speechbs-${RUN_ID:-1}" \
+    --max-restarts "${MAX_RESTARTS:-3}" \
     -m speechbs pretrain "$RECIPE" "$@"
