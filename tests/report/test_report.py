@@ -149,3 +149,16 @@ def test_missing_pieces_never_crash(tmp_path, capsys):
     text = (out / "table.md").read_text()
     assert "| r1 | 1 | - |" in text and "config.toml is missing or unreadable" in text
     assert cli_main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_rows_of_a_branch_abandoned_by_a_restart_do_not_count(tmp_path):
+    """A restart from step 8's checkpoint that has reached step 15: the old branch's steps 16-20 are gone."""
+    run = write_point(tmp_path / "sweep", "bs60s", 60.0)
+    with open(run / "metrics.jsonl", "a") as f:  # after the cut last line, as a relaunch appends
+        f.write("\n" + json.dumps({"step": 8, "kind": "resume", "restart": True, "changes": {}}) + "\n")
+        f.write("".join(json.dumps({"step": k, "kind": "train", "loss": -1.0, "hours_seen": 0.0}) + "\n"
+                        for k in range(9, 16)))
+    row = collect([tmp_path / "sweep"]).rows[0]
+    assert [step for step, _, _ in row.curve] == list(range(1, 16)) and row.steps == 15
+    assert all(loss == -1.0 for step, _, loss in row.curve if step > 8)
+    assert row.valid_loss is None  # the valid row of step 20 belonged to the abandoned branch
