@@ -194,10 +194,11 @@ def record(run_dir: Path, cfg: Any, start: Start, ckpt: dict[str, Any] | None, s
     if start.note:
         log.message(start.note)
     shown = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in (changes or {}).items())
-    verb = "restarted" if start.restart_step is not None else "resumed"
-    aside = f"; the later checkpoints are in {entry['set_aside']}" if start.set_aside is not None else ""
-    log.message(f"{verb} at step {step} from {entry['checkpoint'] or 'the initialization'}"
-                f"{aside}{'; changed: ' + shown if shown else ''} (recorded in {RESUMES})")
+    if start.restart_step is not None or shown:  # a plain resume has said so already
+        verb = "restarted" if start.restart_step is not None else "resumed"
+        aside = f"; the later checkpoints are in {entry['set_aside']}" if start.set_aside is not None else ""
+        log.message(f"{verb} at step {step} from {entry['checkpoint'] or 'the initialization'}"
+                    f"{aside}{'; changed: ' + shown if shown else ''} (recorded in {RESUMES})")
 
 
 def _changes(old_toml: str, cfg: Any) -> dict[str, list[Any]] | None:
