@@ -113,7 +113,7 @@ def _check_resumable(run_dir: Path, old: Any, new: Any, differences: list[str], 
         a, b = _values(old), _values(new)
         shown = ", ".join(f"{k} {a[k]!r} -> {b[k]!r}" for k in planned)
         raise ConfigError(
-            f"run directory {run_dir} was trained with other optimizer settings ({shown}); to resume it "
+            f"run directory {run_dir} was trained with other settings ({shown}); to resume it "
             f"with the new ones from its latest checkpoint, add {' '.join(f'--allow-change {k}' for k in planned)} "
             f"(recorded in {RESUMES}), or give the run's values to go on unchanged")
 

@@ -112,7 +112,8 @@ def begin(run_dir: Path, cfg: Any, options: ResumeOptions, ctx: DistContext) -> 
             decision = _choose(run_dir, cfg, options)
         except SpeechbsError as exc:
             decision = exc
-    decision = ctx.broadcast_object(decision)
+    with ctx.collective("the broadcast of the checkpoint to start from"):
+        decision = ctx.broadcast_object(decision)
     if isinstance(decision, SpeechbsError):
         raise decision
     assert isinstance(decision, Start)
