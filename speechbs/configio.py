@@ -28,6 +28,7 @@ else:  # pragma: no cover
 from speechbs.atomic import write_text
 from speechbs.config import ALIASES, Config, ModelConfig
 from speechbs.errors import ConfigError
+from speechbs.textio import read_text
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -60,10 +61,12 @@ def config_from_toml(text: str, source: str, overrides: list[str] | tuple[str, .
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a directory; give the path of a .toml file")
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist (give a path to a .toml file)")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path, "recipe"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
 

@@ -30,6 +30,7 @@ from speechbs.data.audio import AudioInfo, read_infos
 from speechbs.data.manifest import (WORD_BOUNDARY, Manifest, label_path, letters_to_words,
                                     read_labels, read_manifest, write_manifest)
 from speechbs.errors import DataError
+from speechbs.textio import read_text, require_file
 
 RECEPTIVE_FIELD_SAMPLES = 400
 """Receptive field of the wav2vec 2.0 feature encoder (Baevski et al. 2020, sec. 2), in
@@ -153,10 +154,8 @@ DEFAULT_VOCAB = Vocabulary(DEFAULT_LETTERS)
 
 def read_vocab(path: str | Path) -> Vocabulary:
     """A fairseq dictionary (``dict.ltr.txt``: ``SYMBOL COUNT`` per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"vocabulary {path} does not exist (give a fairseq dict such as dict.ltr.txt)")
-    symbols = {line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
+    path = require_file(path, "vocabulary", "(give a fairseq dict such as dict.ltr.txt)")
+    symbols = {line.split()[0] for line in read_text(path, "vocabulary").splitlines()
                if line.strip() and not line.startswith("#fairseq")}
     symbols.discard(WORD_BOUNDARY)
     if not symbols:
