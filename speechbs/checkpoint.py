@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speechbs.atomic import write_text
+from speechbs.atomic import remove_partial, write_error, write_text
 from speechbs.errors import DataError
 
 INDEX = "index.json"
@@ -129,12 +129,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary name, fsync, rename. A failed write (a full disk) removes the partial file
+    and raises a StorageError that says which checkpoint is kept."""
     tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        previous = path if path.is_file() else latest_checkpoint(path.parent)
+        kept = f"the last checkpoint {previous} is kept" if previous else "no earlier checkpoint existed"
+        error = write_error(exc, path, tmp, kept=kept)  # before removing tmp: its size tells a full disk
+        remove_partial(tmp)
+        if error is None:
+            raise
+        raise error from None
 
 
 def read_index(ckpt_dir: Path) -> dict[str, Any]:
