@@ -191,12 +191,18 @@ def from_fairseq(tsv: Path) -> Collected:
     return Collected(manifest.root, list(manifest.paths), transcripts)
 
 
+def check_fraction(valid_fraction: float) -> None:
+    """``--valid-percent`` is a fraction in [0, 1): 1 or more would leave no training split."""
+    if not 0.0 <= valid_fraction < 1.0:  # also refuses NaN
+        raise DataError(f"--valid-percent {valid_fraction:g}: give a fraction in [0, 1) of the files for the "
+                        f"validation split, as in fairseq (0.01 = 1%); 0 writes one split")
+
+
 def split_by_fraction(num_items: int, valid_fraction: float, seed: int) -> list[str]:
     """fairseq ``wav2vec_manifest.py``: each file goes to valid with probability
     ``valid_fraction``, drawn in order from ``random.Random(seed)``. Files are
     sorted first, so the split does not depend on directory listing order."""
-    if not 0.0 <= valid_fraction <= 1.0:
-        raise DataError(f"--valid-percent {valid_fraction}: a fraction in [0, 1] (0.01 = 1%, as in fairseq)")
+    check_fraction(valid_fraction)
     rand = random.Random(seed)
     return ["valid" if rand.random() <= valid_fraction and valid_fraction > 0 else "train"
             for _ in range(num_items)]
