@@ -217,7 +217,10 @@ def check_value(key: str, hint: Any, value: Any, source: str) -> Any:
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{source}: {key} must be a number ({hint.__name__}), got {value!r}")
     if not isinstance(value, hint):
-        raise ConfigError(f"{source}: {key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        quote = (f"; a bare {value!r} is a TOML {type(value).__name__}: for the text, quote it "
+                 f"(--set {key}='\"{value}\"', or {key} = \"{value}\" in a recipe)"
+                 if hint is str and isinstance(value, (bool, int, float)) else "")
+        raise ConfigError(f"{source}: {key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}){quote}")
     return value
 
 
