@@ -57,6 +57,8 @@ def write_error(exc: BaseException, path: Path, tmp: Path | None = None, kept: s
     os_error = _os_error(exc)
     if os_error is None:
         return None
+    if isinstance(os_error, IsADirectoryError) or path.is_dir():
+        return StorageError(f"cannot write {path}: it is a directory; give the path of a file to write{kept}")
     reason = os_error.strerror or type(os_error).__name__
     where = f" ({os_error.filename})" if os_error.filename and str(os_error.filename) not in (str(path), str(tmp)) else ""
     return StorageError(f"cannot write {path}: {reason}{where}{kept}. Check that its folder exists, is writable "
