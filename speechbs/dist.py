@@ -41,7 +41,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from speechbs.errors import SpeechbsError
+from speechbs.errors import ConfigError, SpeechbsError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_MASTER_PORT = 29500
@@ -336,3 +336,21 @@ def distributed(backend: str = "auto", *, timeout_s: float = 1800.0) -> Iterator
         yield ctx
     finally:
         shutdown(ctx)
+
+
+def device_from_name(name: str, setting: str = "--device") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``... checked before anything runs on it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{setting} {name!r} is not a device name (cpu, cuda, cuda:1, ... or auto)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ConfigError(f"{setting} {name}: no CUDA device is available ({why}); use {setting} cpu, "
+                              f"or auto to take a GPU when there is one")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{setting} {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device

@@ -39,6 +39,7 @@ from speechbs.dist import DistContext, distributed
 from speechbs.errors import ConfigError, DataError
 from speechbs.pretrain import utterance_seeds
 from speechbs.rundir import run_dir_of
+from speechbs.textio import read_lines
 from speechbs.train.loop import Task, train
 from speechbs.train import resume
 from speechbs.train.step import StepOutput, StepReport
@@ -124,8 +125,7 @@ def label_lines(manifest_path: str, data: Any) -> list[str]:
     if not path.is_file():
         raise DataError(f"label file {path} does not exist; fine-tuning needs one transcript per line of "
                         f"{manifest_path} (build both with `speechbs manifest`)")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    lines = lines[:-1] if lines and lines[-1] == "" else lines
+    lines = read_lines(path, "label file")
     if len(lines) != len(manifest):
         raise DataError(f"{path} has {len(lines)} lines but {manifest_path} has {len(manifest)} utterances")
     return [words_to_letters(line) for line in lines] if data.labels == "wrd" else lines

@@ -53,6 +53,8 @@ class Score:
     milestone_h: float | None = None
     hours_seen: float | None = None
     """Hours of audio the pretrained checkpoint had seen (the milestone, else the run's total)."""
+    from_final: bool = False
+    """The final model's score listed again at a mark it was kept for (plotted once, as the final)."""
 
 
 @dataclass
@@ -216,7 +218,7 @@ def _final_as_milestones(pretrain_dir: Path, row: RunRow) -> list[Score]:
     for mark, ckpt in milestone_checkpoints(pretrain_dir, [float(m) for m in marks]):
         if checkpoint_step(ckpt) != last:
             continue
-        extra += [Score(s.split, s.test, s.wer, s.cer, mark, mark) for s in row.scores
+        extra += [Score(s.split, s.test, s.wer, s.cer, mark, mark, from_final=True) for s in row.scores
                   if s.milestone_h is None and not any(t.milestone_h == mark and (t.split, t.test) == (s.split, s.test)
                                                        for t in row.scores)]
     return extra

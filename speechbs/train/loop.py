@@ -91,14 +91,16 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     ``resume``: planned changes (``--allow-change``) and restarts (``--restart-from``), see train/resume.py.
     """
     # --- build ------------------------------------------------------------------
-    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
-                              allow_changes=resume.allow_changes)
-    ckpt_dir = run_dir / "checkpoints"
+    # The manifest and the batch plan are checked before the run directory is written, so a
+    # mistake in them leaves no run behind whose config would refuse the corrected command.
     manifest = read_manifest(cfg.data.train_manifest)
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
     planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
                            sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
+    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
+                              allow_changes=resume.allow_changes)
+    ckpt_dir = run_dir / "checkpoints"
     task = build_task(cfg, ctx)
     compiled = compile_model(task.model, num_lengths=len(planner.pad_lengths_L),
                              backend=cfg.train.compile_backend) if cfg.train.compile else None
