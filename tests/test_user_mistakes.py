@@ -204,6 +204,13 @@ CASES = [
     Case("training_manifest_typo", ("pretrain", PRETRAIN, "--set", "data.train_manifest=good/trian.tsv", *TINY_RUN, *WHOLE_SET,
                                     "--set", "run.name=typo"),
          ("manifest good/trian.tsv does not exist",), kept=_absent("runs/typo")),
+    Case("training_manifest_empty", ("pretrain", PRETRAIN, "--set", "data.train_manifest=empty/train.tsv", *TINY_RUN,
+                                     *WHOLE_SET, "--set", "run.name=empty"),
+         ("data.train_manifest = empty/train.tsv holds no utterances",), kept=_absent("runs/empty")),
+    Case("training_audio_missing", ("pretrain", PRETRAIN, "--set", "data.train_manifest=missing/train.tsv", *TINY_RUN,
+                                    *WHOLE_SET, "--set", "run.name=missing"),
+         ("data.train_manifest = missing/train.tsv", "audio files do not exist", "speechbs validate"),
+         kept=_absent("runs/missing")),
 ]
 
 

@@ -81,6 +81,24 @@ class Manifest:
                         rates, self.source)
 
 
+def check_for_training(manifest: Manifest, setting: str) -> None:
+    """Refuse, before training starts, a manifest that would stop it later: empty, or with missing audio.
+
+    One ``stat`` per file: a manifest of LibriSpeech 960 h (281k files) takes well under a second
+    on a local disk. Unreadable or corrupt files are ``speechbs validate``'s to find.
+    """
+    where = f"{setting} = {manifest.source or manifest.root}"
+    if len(manifest) == 0:
+        raise DataError(f"{where} holds no utterances; point it at a manifest with audio "
+                        f"(speechbs manifest writes one)")
+    missing = [p for p in manifest.paths if not os.path.isfile(os.path.join(manifest.root, p))]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DataError(f"{where}: {len(missing)} of {len(manifest)} audio files do not exist under "
+                        f"{manifest.root} ({shown}); restore them, or run speechbs validate on the manifest "
+                        f"to write one without them")
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read a fairseq ``.tsv`` (and its ``.rates`` sidecar when present)."""
     path = require_file(path, "manifest", "(build one with `speechbs manifest`)")

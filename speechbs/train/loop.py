@@ -26,7 +26,7 @@ from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_che
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import TargetsFn, iter_steps
-from speechbs.data.manifest import read_manifest
+from speechbs.data.manifest import check_for_training, read_manifest
 from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext, stall_for_tests
 from speechbs.rundir import prepare_run_dir
@@ -94,6 +94,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     # The manifest and the batch plan are checked before the run directory is written, so a
     # mistake in them leaves no run behind whose config would refuse the corrected command.
     manifest = read_manifest(cfg.data.train_manifest)
+    check_for_training(manifest, "data.train_manifest")
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
     planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
                            sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
