@@ -8,12 +8,20 @@ only loads it. Each dataset item is one :class:`MicroBatch` plan, so the
 DataLoader runs with ``batch_size=None`` and never re-batches. Plans are fed in
 order from the main process; workers only decode, so the order of steps never
 depends on ``num_workers``.
+
+Workers ignore the stop signals (SIGTERM, SIGUSR1, SIGINT): a cluster sends them to the
+whole process group, and a worker that died of one would abort the step in flight
+("DataLoader worker ... is killed by signal") before its rank could save a checkpoint.
+The rank acts on the signal (speechbs.train.preempt) and shuts its workers down when
+the step iterator is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
@@ -212,17 +220,47 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
 
     loader = DataLoader(MicroBatchDataset(manifest, audio_cfg, targets), batch_size=None,
                         sampler=_PlanStream(planner, rank, world_size, split, partners), num_workers=num_workers,
-                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
-    loaded = iter(loader)
+                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None,
+                        worker_init_fn=_ignore_stop_signals if num_workers else None)
+    with _stop_signals_blocked():  # held back from workers until they ignore them; the rank gets them after
+        loaded = iter(loader)
     done = 0
-    while num_steps is None or done < num_steps:
-        batch = planner.next_batch()
-        split_R = split(planner, batch, done)
-        micro_batches = [next(loaded) for _ in split_R[rank]]
-        for plan, audio in zip(split_R[rank], micro_batches):
-            assert audio.is_empty == plan.is_empty, "loader and planner out of step"
-        yield StepData(batch, micro_batches, BatchStats.from_split(batch, split_R, planner.sample_rate_hz))
-        done += 1
+    try:
+        while num_steps is None or done < num_steps:
+            batch = planner.next_batch()
+            split_R = split(planner, batch, done)
+            micro_batches = [next(loaded) for _ in split_R[rank]]
+            for plan, audio in zip(split_R[rank], micro_batches):
+                assert audio.is_empty == plan.is_empty, "loader and planner out of step"
+            yield StepData(batch, micro_batches, BatchStats.from_split(batch, split_R, planner.sample_rate_hz))
+            done += 1
+    finally:
+        # Shut the workers down now (the iterator's last reference), not at interpreter exit, where
+        # multiprocessing would SIGTERM them (ignored) and wait for them forever.
+        del loaded
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+"""Signals a DataLoader worker ignores: its rank decides what they mean."""
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn``: ignore :data:`STOP_SIGNALS` (torch's own worker SIGTERM handler would exit),
+    then let through those the rank held back while it forked."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block :data:`STOP_SIGNALS` in this thread while workers are forked (they inherit the mask), so
+    none can kill a worker before :func:`_ignore_stop_signals` runs; pending ones arrive at the end."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, *,
