@@ -4,8 +4,10 @@
 #   HEAD=node01 NUM_NODES=2 GPUS_PER_NODE=8 recipes/launch/multinode.sh RECIPE.toml [--set ...]
 #
 # HEAD is a hostname or address of one of the nodes that all nodes can reach;
-# port 29400 must be open between them. The c10d rendezvous needs no etcd and
-# assigns ranks itself, so the same command works on every node.
+# port RDZV_PORT (29400) must be open between them. The c10d rendezvous needs no etcd
+# and assigns ranks itself, so the same command works on every node.
+# SIGTERM or SIGUSR1 to torchrun reaches every rank of its node (--signals-to-handle,
+# torch >= 2.9): they save the step in flight and exit 75; torchrun itself then exits 1.
 set -euo pipefail
 
 RECIPE=${1:?usage: HEAD=host NUM_NODES=n recipes/launch/multinode.sh RECIPE.toml [speechbs pretrain options]}
@@ -13,8 +15,10 @@ shift
 : "${HEAD:?set HEAD to the hostname of the first node}"
 NUM_NODES=${NUM_NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+RDZV_PORT=${RDZV_PORT:-29400}
 
 export OMP_NUM_THREADS=1
 exec torchrun --nnodes "$NUM_NODES" --nproc-per-node "$GPUS_PER_NODE" \
-    --rdzv-backend c10d --rdzv-endpoint "$HEAD:29400" --rdzv-id "speechbs-${RUN_ID:-1}" \
+    --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
+    --rdzv-backend c10d --rdzv-endpoint "$HEAD:$RDZV_PORT" --rdzv-id "speechbs-${RUN_ID:-1}" \
     -m speechbs pretrain "$RECIPE" "$@"
