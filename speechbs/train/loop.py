@@ -95,7 +95,7 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
            scope: contextlib.ExitStack) -> TrainState:
     # --- build ------------------------------------------------------------------
     stop = scope.enter_context(StopFlag())  # read by train_step when it packs its all-reduce
-    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main)
+    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main, broadcast=ctx.broadcast_object)
     ckpt_dir = run_dir / "checkpoints"
     manifest = read_manifest(cfg.data.train_manifest)
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
