@@ -126,6 +126,7 @@ def _assert_stopped_at_the_step_in_flight(run_dir: Path, rows: tuple[int, int], 
     when a step packs its all-reduce, a few ms before its metrics row; only when that row was
     already out may the step after it be the one saved. (The exact boundary is tested in process.)
     """
+    assert (run_dir / "checkpoints" / "index.json").is_file(), f"no checkpoint\n{output[-3000:]}"
     saved = _saved_step(run_dir)
     before, after = rows
     assert before + 1 <= saved <= after + 1, (saved, rows, output[-2000:])
@@ -269,3 +270,14 @@ def test_multinode_template_sigterm_to_torchrun_reaches_every_rank(digits_manife
     _torchrun_stopped_cleanly(tmp_path / "multi", rows, job.output(), "SIGTERM")
     time.sleep(1)
     assert _pids_running_in(tmp_path) == []
+
+
+def test_rank_0_warns_under_a_torchrun_in_slurm_that_would_die_of_sigusr1():
+    from speechbs.train.preempt import TORCHRUN_SIGNALS, torchrun_signal_warning
+
+    job = {"TORCHELASTIC_RUN_ID": "x", "SLURM_JOB_ID": "1"}
+    assert "--signals-to-handle=" in torchrun_signal_warning({**job, "TORCHELASTIC_SIGNALS_TO_HANDLE":
+                                                              "SIGTERM,SIGINT,SIGHUP,SIGQUIT"})
+    assert torchrun_signal_warning(job)  # a torchrun older than the option passes SIGUSR1 on never
+    assert torchrun_signal_warning({**job, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}) == ""
+    assert torchrun_signal_warning({"TORCHELASTIC_RUN_ID": "x"}) == ""  # no SLURM: no time-limit SIGUSR1
