@@ -6,8 +6,8 @@ Kubernetes send SIGTERM, torchrun passes the signals it handles on to the ranks.
 handler only records the signal. :func:`~speechbs.train.step.train_step` reads the flag
 when it packs the step's one all-reduce (``stop_requested=flag``, a callable), so every
 rank learns of a signal that reached any rank in the same reduction, and a signal that
-arrives while step k computes stops the run after step k. The loop then writes a
-checkpoint on every rank's behalf and exits with :data:`EXIT_REQUEUE`.
+arrives while step k computes stops the run after step k. Rank 0 then writes the
+checkpoint of step k, and every rank exits with :data:`EXIT_REQUEUE`.
 
 Only the main process of each rank acts: DataLoader workers ignore these signals
 (speechbs.data.loader) and are shut down by their rank.
