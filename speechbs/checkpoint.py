@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speechbs.atomic import write_text
+from speechbs.atomic import remove_partial, write_error, write_text
 from speechbs.errors import DataError
 
 INDEX = "index.json"
@@ -120,21 +120,93 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"checkpoint {path} is a directory; give a checkpoint file (.pt) or, where a run "
+                        f"directory is accepted, the run directory itself")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say which and why
-        raise DataError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}). If it is a foreign pickled "
-                        f"checkpoint, convert it explicitly; speechbs never unpickles code.") from None
+        raise DataError(f"checkpoint {path} cannot be loaded safely ({load_failure(exc, path)}). If it is a foreign "
+                        f"pickled checkpoint, convert it explicitly; speechbs never unpickles code.") from None
+    if not isinstance(ckpt, dict):
+        raise DataError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a speechbs checkpoint (a dict "
+                        f"with 'model' weights and 'config_toml'); give a file written by speechbs pretrain "
+                        f"or finetune")
+    return ckpt
+
+
+def load_failure(exc: BaseException, path: Path | None = None) -> str:
+    """The useful part of a ``torch.load(weights_only=True)`` error, on one line.
+
+    torch words a refused pickle as a paragraph of advice; what matters is the
+    object it refused (``Unsupported global: GLOBAL argparse.Namespace``), or that
+    the file is no PyTorch file at all (a zip archive, or a pickle from torch < 1.6).
+    """
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+        except OSError:
+            head = b"PK"
+        if head[:2] != b"PK" and head[:1] != b"\x80":
+            return "not a PyTorch file: neither a zip archive nor a pickle"
+    text = str(exc)
+    if "Unpickler error:" in text:
+        after = [line.strip() for line in text.split("Unpickler error:", 1)[1].splitlines() if line.strip()]
+        if after:
+            return after[0].split(" was not an allowed global")[0]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def set_aside_after(ckpt_dir: str | Path, step: int) -> Path | None:
+    """Move the checkpoints after ``step`` (and ``best.pt`` if it is later) into ``abandoned-<n>/``.
+
+    A restart from an earlier checkpoint (``--restart-from``) abandons the branch of the run after
+    it; its files are kept, never deleted, but out of reach of :func:`latest_checkpoint`, pruning
+    and the milestone index. The old ``index.json`` goes with them. Returns the folder, or None
+    when nothing came after ``step``.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    later = [p for p in sorted(ckpt_dir.glob("step_*.pt")) if checkpoint_step(p) > step]
+    index = read_index(ckpt_dir)
+    best = index.get("best")
+    best_later = best is not None and best["step"] > step and (ckpt_dir / BEST).is_file()
+    if not later and not best_later:
+        return None
+    num = 1 + sum(1 for p in ckpt_dir.glob("abandoned-*") if p.is_dir())
+    dest = ckpt_dir / f"abandoned-{num}"
+    dest.mkdir()
+    _write_index(dest, index)
+    for path in reversed(later + ([ckpt_dir / BEST] if best_later else [])):
+        os.replace(path, dest / path.name)
+    if best_later:
+        index.pop("best")
+    index["milestones"] = [name for name in index["milestones"] if (ckpt_dir / name).is_file()]
+    kept = ckpt_dir / checkpoint_name(step)
+    index["latest"] = kept.name if kept.is_file() else None
+    _write_index(ckpt_dir, index)
+    return dest
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary name, fsync, rename. A failed write (a full disk) removes the partial file
+    and raises a StorageError that says which checkpoint is kept."""
     tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        previous = path if path.is_file() else latest_checkpoint(path.parent)
+        kept = f"the last checkpoint {previous} is kept" if previous else "no earlier checkpoint existed"
+        error = write_error(exc, path, tmp, kept=kept)  # before removing tmp: its size tells a full disk
+        remove_partial(tmp)
+        if error is None:
+            raise
+        raise error from None
 
 
 def read_index(ckpt_dir: Path) -> dict[str, Any]:

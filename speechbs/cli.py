@@ -2,8 +2,10 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
 Modules are imported only when their command runs, so ``speechbs --help`` is
-fast (no torch import). A :class:`~speechbs.errors.SpeechbsError` is printed as
-one clear line and exits with status 2; a traceback means a bug in speechbs.
+fast (no torch import). A :class:`~speechbs.errors.SpeechbsError`, and an
+``OSError`` about a named file or a full disk, is printed as one clear line and
+exits with status 2 (:func:`speechbs.errors.user_message` decides which); a
+traceback means a bug in speechbs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import sys
 
 from speechbs import __version__
-from speechbs.errors import SpeechbsError
+from speechbs.errors import SpeechbsError, user_message
 
 # name -> (module, one-line help). The order is the order of `speechbs --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = command_parser.parse_args(rest)
     try:
         return int(module.main(args) or 0)
-    except SpeechbsError as exc:
-        print(f"speechbs {name}: error: {exc}", file=sys.stderr)
+    except (SpeechbsError, OSError) as exc:
+        message = user_message(exc)
+        if message is None:
+            raise  # not about the user's files: a bug, keep the traceback
+        print(f"speechbs {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"speechbs {name}: interrupted", file=sys.stderr)

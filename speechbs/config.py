@@ -297,6 +297,11 @@ class TrainConfig:
     """``torch.compile`` backend: ``inductor`` generates fused kernels; ``aot_eager`` and ``eager``
     only trace (no speed-up; for debugging a compiled run's numbers)."""
 
+    collective_timeout_s: float = 1_800.0
+    """How long a rank waits in a collective (all-reduce, barrier) for the other ranks before the
+    job ends with an error naming the rank, the step and the operation, s (torch's default: 30 min).
+    It must exceed the longest time one rank can be busy alone, e.g. rank 0 saving a checkpoint."""
+
     def __post_init__(self) -> None:
         _require(self.num_steps >= 1, "train.num_steps", "must be >= 1")
         for key in ("log_every", "valid_every", "checkpoint_every", "grad_noise_every"):
@@ -304,6 +309,7 @@ class TrainConfig:
         _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         _require(self.grad_noise_window >= 1, "train.grad_noise_window", "must be >= 1 (measurements per logged value)")
         _require(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", "must be >= 1")
+        _require(self.collective_timeout_s > 0, "train.collective_timeout_s", "must be > 0 seconds")
         _require(self.compile_num_lengths >= 1, "train.compile_num_lengths",
                  f"must be >= 1 (padded lengths a compiled run rounds up to), got {self.compile_num_lengths}")
         cls = type(self)  # a dataclass keeps each field's default as a class attribute

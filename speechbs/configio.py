@@ -28,6 +28,7 @@ else:  # pragma: no cover
 from speechbs.atomic import write_text
 from speechbs.config import ALIASES, Config, ModelConfig
 from speechbs.errors import ConfigError
+from speechbs.textio import read_text
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -60,10 +61,12 @@ def config_from_toml(text: str, source: str, overrides: list[str] | tuple[str, .
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a directory; give the path of a .toml file")
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist (give a path to a .toml file)")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path, "recipe"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
 
@@ -214,7 +217,10 @@ def check_value(key: str, hint: Any, value: Any, source: str) -> Any:
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{source}: {key} must be a number ({hint.__name__}), got {value!r}")
     if not isinstance(value, hint):
-        raise ConfigError(f"{source}: {key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        quote = (f"; a bare {value!r} is a TOML {type(value).__name__}: for the text, quote it "
+                 f"(--set {key}='\"{value}\"', or {key} = \"{value}\" in a recipe)"
+                 if hint is str and isinstance(value, (bool, int, float)) else "")
+        raise ConfigError(f"{source}: {key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}){quote}")
     return value
 
 

@@ -12,6 +12,13 @@ speechbs runs as one process per device. Three ways to start it:
 
 The backend is NCCL on CUDA and gloo on CPU. Everything here is a no-op in a
 single process, so callers never branch on the world size.
+
+A collective waits at most ``timeout_s`` (``train.collective_timeout_s``) for the
+other ranks. Under gloo the rank that gives up raises; :meth:`DistContext.collective`
+turns that into a :class:`CollectiveError` naming this rank, what the training was
+doing (step, operation) and the ranks that never arrived. Under NCCL the watchdog
+aborts the process after the same timeout, with a message naming the collective's
+sequence number.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import datetime
 import gc
 import os
 import random
+import re
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +41,38 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from speechbs.errors import SpeechbsError
+from speechbs.errors import ConfigError, SpeechbsError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_MASTER_PORT = 29500
 """The port torchrun uses when none is given; also the default for ``srun`` launches."""
+ABSENT_GRACE_S = 5.0
+"""After a failed collective, how long a rank waits for the others to report the same failure
+before it names the ranks that did not (those that stalled or died), s."""
+
+
+class CollectiveError(SpeechbsError):
+    """A collective failed on this rank: a peer did not arrive within the timeout, or its connection dropped."""
+
+    def __init__(self, rank: int, world_size: int, what: str, elapsed_s: float, timeout_s: float,
+                 detail: str, absent: list[int] | None) -> None:
+        super().__init__(what)
+        self.rank, self.world_size, self.elapsed_s, self.timeout_s = rank, world_size, elapsed_s, timeout_s
+        self.where = [what]
+        """What the job was doing, innermost first (an operation, then its step)."""
+        self.detail, self.absent = detail, absent
+
+    def __str__(self) -> str:
+        timed_out = "timed out" in self.detail.lower()
+        head = (f"rank {self.rank} of {self.world_size} gave up after {self.elapsed_s:.1f} s waiting in "
+                if timed_out else f"rank {self.rank} of {self.world_size} lost a peer after {self.elapsed_s:.1f} s in ")
+        if self.absent:
+            who = (f"rank{'s' if len(self.absent) > 1 else ''} {', '.join(map(str, self.absent))} never arrived "
+                   f"(stalled or died: see {'their' if len(self.absent) > 1 else 'its'} log)")
+        else:
+            who = "another rank stalled or died (see the other ranks' logs)"
+        limit = f"; train.collective_timeout_s = {self.timeout_s:g} s bounds the wait" if timed_out else ""
+        return f"{head}{', in '.join(self.where)}: {who}{limit} [{self.detail}]"
 
 
 @dataclass(frozen=True)
@@ -61,6 +98,8 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     """``nccl``, ``gloo``, or None for a single process (no process group)."""
+    collective_timeout_s: float = 1800.0
+    """How long a collective waits for the other ranks, s (the process group's timeout)."""
 
     @property
     def is_main(self) -> bool:
@@ -80,6 +119,44 @@ class DistContext:
     def barrier(self) -> None:
         if self.is_distributed:
             torch_dist.barrier()
+
+    @contextlib.contextmanager
+    def collective(self, what: str) -> Iterator[None]:
+        """Name what the collectives inside the block are for (``step 5``, ``the all-reduce of ...``).
+
+        A gloo timeout or a dropped connection inside becomes a :class:`CollectiveError` naming this
+        rank and ``what``; an enclosing block adds its own name (the operation, then its step).
+        """
+        start = time.monotonic()
+        try:
+            yield
+        except CollectiveError as exc:
+            exc.where.append(what)
+            raise
+        except RuntimeError as exc:  # gloo raises RuntimeError (torch.distributed.DistError is one too)
+            if not self.is_distributed or not _is_peer_failure(exc):
+                raise
+            elapsed = time.monotonic() - start
+            detail = re.sub(r"^\[[^\]]*\] ", "", str(exc).strip().splitlines()[0])
+            raise CollectiveError(self.rank, self.world_size, what, elapsed, self.collective_timeout_s, detail,
+                                  self._absent_ranks()) from exc
+
+    def _absent_ranks(self) -> list[int] | None:
+        """The ranks that did not report a failed collective within ABSENT_GRACE_S: those that stalled or died.
+
+        Best effort, through the process group's store (torchrun's agent holds it); None when it is gone.
+        """
+        try:
+            store = torch_dist.distributed_c10d._get_default_store()
+            store.set(f"speechbs/collective_failed/{self.rank}", "1")
+            deadline = time.monotonic() + min(ABSENT_GRACE_S, self.collective_timeout_s)
+            while True:
+                absent = [r for r in range(self.world_size) if not store.check([f"speechbs/collective_failed/{r}"])]
+                if not absent or time.monotonic() > deadline:
+                    return absent
+                time.sleep(0.2)
+        except Exception:  # noqa: BLE001 - the store died with the rank that hosted it: no names then
+            return None
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Rank ``src``'s ``obj`` on every rank (pickled; for small things like a run name)."""
@@ -199,7 +276,26 @@ def init_distributed(backend: str = "auto", *, timeout_s: float = 1800.0,
         torch.cuda.set_device(device)
     torch_dist.init_process_group(backend=backend, init_method="env://", rank=launch.rank,
                                   world_size=launch.world_size, timeout=datetime.timedelta(seconds=timeout_s))
-    return DistContext(launch.rank, launch.world_size, launch.local_rank, device, backend)
+    return DistContext(launch.rank, launch.world_size, launch.local_rank, device, backend, timeout_s)
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a peer did not arrive or went away (not a bug in the computation)."""
+    text = str(exc)
+    return isinstance(exc, torch_dist.DistError) or "gloo" in text or any(
+        marker in text for marker in ("Timed out", "Connection closed by peer", "Connection reset by peer"))
+
+
+def stall_for_tests(rank: int, step: int) -> None:
+    """Fault injection for the tests only: ``SPEECHBS_TEST_STALL=RANK:STEP:SECONDS`` makes that rank
+    sleep before that optimizer step (1-based), as a hung rank would. A no-op when unset."""
+    spec = os.environ.get("SPEECHBS_TEST_STALL")
+    if not spec:
+        return
+    stall_rank, stall_step, seconds = spec.split(":")
+    if int(stall_rank) == rank and int(stall_step) == step:
+        print(f"rank {rank}: stalling {seconds} s before step {step} (SPEECHBS_TEST_STALL)", file=sys.stderr, flush=True)
+        time.sleep(float(seconds))
 
 
 def _pick_device(backend: str, launch: LaunchEnv) -> tuple[torch.device, str]:
@@ -240,3 +336,21 @@ def distributed(backend: str = "auto", *, timeout_s: float = 1800.0) -> Iterator
         yield ctx
     finally:
         shutdown(ctx)
+
+
+def device_from_name(name: str, setting: str = "--device") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``... checked before anything runs on it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{setting} {name!r} is not a device name (cpu, cuda, cuda:1, ... or auto)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ConfigError(f"{setting} {name}: no CUDA device is available ({why}); use {setting} cpu, "
+                              f"or auto to take a GPU when there is one")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{setting} {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device

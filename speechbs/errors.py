@@ -8,6 +8,8 @@ message that names the setting or file and says what to change.
 
 from __future__ import annotations
 
+import errno
+
 
 class SpeechbsError(ValueError):
     """A problem with the user's input: config, data or command line."""
@@ -23,3 +25,46 @@ class DataError(SpeechbsError):
 
 class PlanError(SpeechbsError):
     """A batch plan that cannot work (found before any compute)."""
+
+
+class StorageError(SpeechbsError):
+    """A file that cannot be written: no space left on the device, no permission, a read-only file system.
+
+    Raised after the partial file was removed, so nothing earlier is lost
+    (:mod:`speechbs.atomic`); the fix is the user's (free space, another path).
+    """
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The message to print for an exception the user can fix, or None for a bug in speechbs.
+
+    This is the one place that decides what a user sees instead of a traceback:
+
+    - a :class:`SpeechbsError`, also when a DataLoader worker raised it (torch
+      then puts the worker's traceback into the message; only the message is kept);
+    - an ``OSError`` about a named file (permission, a directory in the way, a
+      read-only file system) or a full disk, which the user fixes outside speechbs.
+    """
+    if isinstance(exc, SpeechbsError):
+        return _unwrap_worker_message(exc)
+    if isinstance(exc, OSError):
+        if exc.errno in _DISK_FULL:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return (f"no space left on device{where}; free space on the file system of the output (the run "
+                    f"directory, --out) and run the same command again: finished files and checkpoints are kept")
+        if exc.filename:
+            other = f" -> {exc.filename2}" if exc.filename2 else ""
+            return f"{exc.filename}{other}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def _unwrap_worker_message(exc: SpeechbsError) -> str:
+    text = str(exc)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    start = text.rfind("\n" + marker)
+    return text[start + 1 + len(marker):].rstrip("\n") if start >= 0 else text.splitlines()[-1]

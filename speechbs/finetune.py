@@ -39,7 +39,9 @@ from speechbs.dist import DistContext, distributed
 from speechbs.errors import ConfigError, DataError
 from speechbs.pretrain import utterance_seeds
 from speechbs.rundir import run_dir_of
+from speechbs.textio import read_lines
 from speechbs.train.loop import Task, train
+from speechbs.train import resume
 from speechbs.train.step import StepOutput, StepReport
 
 # Pretraining settings that fine-tuning replaces (fairseq wav2vec_ctc's overrides of the w2v args).
@@ -54,12 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. --set finetune.init=runs/w2v2-tiny-builtin")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
                         help="process-group backend under torchrun (auto: NCCL on GPU, gloo on CPU)")
+    resume.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg, init_state = prepare_finetune(load_config(args.recipe, args.overrides))
-    with distributed(args.backend) as ctx:
-        train(cfg, functools.partial(build_finetune_task, init_state=init_state), ctx)
+    options = resume.options_from_args("finetune", args)
+    with distributed(args.backend, timeout_s=cfg.train.collective_timeout_s) as ctx:
+        train(cfg, functools.partial(build_finetune_task, init_state=init_state), ctx, options)
     return 0
 
 
@@ -121,8 +125,7 @@ def label_lines(manifest_path: str, data: Any) -> list[str]:
     if not path.is_file():
         raise DataError(f"label file {path} does not exist; fine-tuning needs one transcript per line of "
                         f"{manifest_path} (build both with `speechbs manifest`)")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    lines = lines[:-1] if lines and lines[-1] == "" else lines
+    lines = read_lines(path, "label file")
     if len(lines) != len(manifest):
         raise DataError(f"{path} has {len(lines)} lines but {manifest_path} has {len(manifest)} utterances")
     return [words_to_letters(line) for line in lines] if data.labels == "wrd" else lines

@@ -27,6 +27,7 @@ from speechbs.models.blocks.mixing import MixPartners
 from speechbs.models.blocks.quantizer import CodeUsage
 from speechbs.models.registry import MODELS
 from speechbs.train.loop import Task, train
+from speechbs.train import resume
 from speechbs.train.schedule import gumbel_temperature
 from speechbs.train.step import StepOutput, StepReport
 
@@ -41,12 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config field, e.g. --set batch.seconds=600 (repeatable)")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
                         help="process-group backend under torchrun (auto: NCCL on GPU, gloo on CPU)")
+    resume.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
-    with distributed(args.backend) as ctx:
-        train(cfg, build_pretrain_task, ctx)
+    options = resume.options_from_args("pretrain", args)
+    with distributed(args.backend, timeout_s=cfg.train.collective_timeout_s) as ctx:
+        train(cfg, build_pretrain_task, ctx, options)
     return 0
 
 

@@ -56,3 +56,27 @@ def test_best_checkpoint_is_recorded_beside_the_rolling_ones(tmp_path):
     assert best_score(tmp_path) == {"file": "best.pt", "step": 1, "metric": "wer", "value": 0.5}
     assert load_checkpoint(path)["x"].item() == 1.0
     assert latest_checkpoint(tmp_path).name == "step_00000002.pt"  # best.pt is not a resume point
+
+
+def test_a_restart_sets_the_later_checkpoints_aside_and_deletes_nothing(tmp_path):
+    from speechbs.checkpoint import save_best, set_aside_after
+
+    for step in range(1, 7):
+        save_checkpoint(tmp_path, step, _state(step), keep_last=10, milestone=step in (2, 5))
+    save_best(tmp_path, 5, _state(5), metric="wer", value=0.5)
+    dest = set_aside_after(tmp_path, 3)
+    assert dest == tmp_path / "abandoned-1"
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == [f"step_0000000{k}.pt" for k in (1, 2, 3)]
+    assert sorted(p.name for p in dest.iterdir()) == ["best.pt", "index.json", "step_00000004.pt",
+                                                      "step_00000005.pt", "step_00000006.pt"]
+    index = read_index(tmp_path)
+    assert index == {"latest": "step_00000003.pt", "milestones": ["step_00000002.pt"]}  # no best: it came later
+    assert read_index(dest)["best"]["step"] == 5 and read_index(dest)["latest"] == "step_00000006.pt"
+    assert latest_checkpoint(tmp_path).name == "step_00000003.pt"
+    # Later saves prune only the branch in use; a second restart gets a folder of its own.
+    save_checkpoint(tmp_path, 4, _state(40), keep_last=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_00000002.pt", "step_00000003.pt",
+                                                                  "step_00000004.pt"]
+    assert set_aside_after(tmp_path, 0) == tmp_path / "abandoned-2"
+    assert latest_checkpoint(tmp_path) is None and read_index(tmp_path)["latest"] is None
+    assert set_aside_after(tmp_path, 0) is None  # nothing after step 0 any more

@@ -24,10 +24,12 @@ import torch
 from speechbs.asr.ctc import CTCModel, greedy_ids, load_ctc_checkpoint
 from speechbs.asr.lm import arpa_words, write_lexicon
 from speechbs.asr.vocab import BLANK, UNK, Vocab
-from speechbs.atomic import write_text
+from speechbs.atomic import output_dir, write_text
 from speechbs.data.loader import eval_micro_batches
 from speechbs.data.manifest import WORD_BOUNDARY, label_path, letters_to_words, read_manifest
+from speechbs.dist import device_from_name
 from speechbs.errors import ConfigError, DataError
+from speechbs.textio import read_lines
 
 
 @dataclass
@@ -131,8 +133,7 @@ def references(manifest_path: str | Path) -> list[str] | None:
     for ext in ("wrd", "ltr"):
         path = label_path(manifest_path, ext)
         if path.is_file():
-            lines = path.read_text(encoding="utf-8").split("\n")
-            lines = lines[:-1] if lines and lines[-1] == "" else lines
+            lines = read_lines(path, "label file")
             return [" ".join(line.split()) if ext == "wrd" else letters_to_words(line) for line in lines]
     return None
 
@@ -152,16 +153,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     start_s = time.perf_counter()
+    device = device_from_name(args.device)  # before any work: a wrong device is found at once
+    output_dir(args.out, create=False)  # a file in the way is found before the checkpoint is read
     model, cfg, ckpt = load_ctc_checkpoint(args.checkpoint)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out)
     settings = BeamSettings(beam=args.beam or 50, lm_weight=args.lm_weight, word_score=args.word_score,
                             beam_threshold=args.beam_threshold)
     beam = None
     if args.lm or args.beam > 0:
         beam = BeamDecoder(model.vocab, settings, lm=args.lm, lexicon=args.lexicon, lexicon_dir=out)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
     refs = references(args.manifest)
     manifest = read_manifest(args.manifest)
     if refs is not None and len(refs) != len(manifest):

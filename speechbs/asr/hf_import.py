@@ -32,6 +32,7 @@ def is_hf_dir(path: str | Path) -> bool:
 
 def load_hf_encoder(path: str | Path) -> tuple[str, Any, dict[str, torch.Tensor]]:
     """(registry model name, arch config, speechbs state dict) of a local HF encoder directory."""
+    check_weights_only(Path(path))
     try:
         import transformers
     except ImportError:
@@ -51,3 +52,32 @@ def load_hf_encoder(path: str | Path) -> tuple[str, Any, dict[str, torch.Tensor]
     hf_model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
     arch, state = converter(hf_model, hf_config)
     return family[0], arch, state
+
+
+def check_weights_only(path: Path) -> None:
+    """Refuse a directory whose only weights are a ``pytorch_model*.bin`` that holds more than tensors.
+
+    Such a file needs full unpickling, which runs code from the file; speechbs
+    loads weights only (``torch.load(weights_only=True)``), so the user converts
+    it once, where they trust its source. safetensors files need no check.
+    """
+    from speechbs.checkpoint import load_failure
+
+    if next(path.glob("*.safetensors"), None) is not None:
+        return
+    for weights in sorted(path.glob("pytorch_model*.bin")):
+        try:
+            try:
+                torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                torch.load(weights, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
+        except Exception as exc:  # noqa: BLE001 - whatever unpickling refused, the fix is the same
+            reason = load_failure(exc)
+            raise ConfigError(
+                f"finetune.init = {str(path)!r}: {weights.name} is a pickle with more than weights ({reason}); "
+                f"speechbs loads weights only, because unpickling runs code from the file. If you trust its "
+                f"source, convert it once to safetensors: python -c \"import torch; from safetensors.torch import "
+                f"save_file; sd = torch.load('{weights}', weights_only=False); save_file({{k: v.contiguous() for k, v "
+                f"in sd.items() if isinstance(v, torch.Tensor)}}, '{path / 'model.safetensors'}')\"") from None

@@ -22,6 +22,7 @@ from pathlib import Path
 from speechbs.atomic import write_text
 from speechbs.data.manifest import WORD_BOUNDARY
 from speechbs.errors import DataError
+from speechbs.textio import read_text, require_file
 
 BOS, EOS, UNK_WORD = "<s>", "</s>", "<unk>"
 
@@ -107,11 +108,9 @@ def write_lexicon(words: Iterable[str], path: str | Path) -> Path:
 
 def arpa_words(path: str | Path) -> list[str]:
     """The unigram words of an ARPA file (to write a lexicon when none is given)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"language model {path} does not exist")
+    path = require_file(path, "language model")
     words, inside = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path, "language model").splitlines():
         if line.startswith("\\1-grams:"):
             inside = True
         elif line.startswith("\\"):

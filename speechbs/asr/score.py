@@ -15,8 +15,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from speechbs.atomic import write_text
+from speechbs.atomic import output_dir, write_text
 from speechbs.errors import DataError
+from speechbs.textio import read_lines as read_text_lines, require_file
 
 
 def edit_distance(ref: list[str] | str, hyp: list[str] | str) -> int:
@@ -47,8 +48,9 @@ class Counts:
     def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
-    def rate_percent(self) -> float:
-        return 100.0 * self.errors / self.num_ref if self.num_ref else (0.0 if not self.errors else float("inf"))
+    def rate_percent(self) -> float | None:
+        """Errors per reference token, %; None (JSON null) when there are errors but no reference tokens."""
+        return 100.0 * self.errors / self.num_ref if self.num_ref else (0.0 if not self.errors else None)
 
     def add(self, other: Counts) -> None:
         for key in ("substitutions", "deletions", "insertions", "hits"):
@@ -97,31 +99,37 @@ def score_texts(refs: list[str], hyps: list[str]) -> tuple[dict, list[dict]]:
                "char_errors": total_c.errors, "num_empty_refs": sum(1 for r in refs if not r),
                "num_empty_hyps": sum(1 for h in hyps if not h),
                "sentence_error_rate": 100.0 * sum(1 for r in rows if r["errors"]) / max(len(rows), 1)}
+    if summary["wer"] is None:
+        summary["note"] = (f"the references hold no words, so WER and CER are undefined (null); the hypotheses "
+                           f"add {total_w.insertions} words (insertions)")
     return summary, rows
 
 
 def write_score(summary: dict, rows: list[dict], out_dir: str | Path) -> Path:
     """``score.json``, ``score.md`` and ``utterances.tsv`` in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "score.json", json.dumps(summary, indent=1) + "\n")
+    out = output_dir(out_dir)
+    write_text(out / "score.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     md = ["| WER % | CER % | utterances | words | S | D | I |", "|---|---|---|---|---|---|---|",
-          f"| {summary['wer']:.2f} | {summary['cer']:.2f} | {summary['num_utterances']} | {summary['num_words']} "
+          f"| {_percent(summary['wer'])} | {_percent(summary['cer'])} | {summary['num_utterances']} | {summary['num_words']} "
           f"| {summary['substitutions']} | {summary['deletions']} | {summary['insertions']} |"]
     write_text(out / "score.md", "\n".join(md) + "\n")
     lines = ["index\twer\tcer\tnum_words\terrors\tref\thyp"] + [
-        f"{r['index']}\t{r['wer']:.2f}\t{r['cer']:.2f}\t{r['num_words']}\t{r['errors']}\t{r['ref']}\t{r['hyp']}"
+        f"{r['index']}\t{_percent(r['wer'])}\t{_percent(r['cer'])}\t{r['num_words']}\t{r['errors']}\t{r['ref']}\t{r['hyp']}"
         for r in rows]
     write_text(out / "utterances.tsv", "\n".join(lines) + "\n")
     return out / "score.json"
 
 
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.2f}"
+
+
 def read_lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist (one transcript per line, in manifest order)")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
+    path = require_file(path, "transcript file", "(one transcript per line, in manifest order)")
+    lines = read_text_lines(path, "transcript file")
+    if not lines:
+        raise DataError(f"{path} is empty; it needs one transcript per line, in manifest order (nothing to score)")
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,9 +149,10 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or args.dir
     if out is None:
         raise DataError("--out is needed with --ref/--hyp")
+    output_dir(out, "--out" if args.out else "DIR", create=False)
     summary, rows = score_texts(read_lines(ref), read_lines(hyp))
     summary.update(ref=str(ref), hyp=str(hyp))
     write_score(summary, rows, out)
-    print(f"WER {summary['wer']:.2f} %  CER {summary['cer']:.2f} %  ({summary['num_utterances']} utterances, "
+    print(f"WER {_percent(summary['wer'])} %  CER {_percent(summary['cer'])} %  ({summary['num_utterances']} utterances, "
           f"{summary['num_words']} words) -> {Path(out) / 'score.json'}")
     return 0

@@ -24,6 +24,7 @@ import torch
 from speechbs.atomic import write_text
 from speechbs.data.manifest import WORD_BOUNDARY
 from speechbs.errors import DataError
+from speechbs.textio import read_text, require_file
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 BLANK = 0
@@ -87,12 +88,10 @@ def write_dict(vocab: Vocab, path: str | Path, counts: dict[str, int] | None = N
 
 def read_dict(path: str | Path) -> Vocab:
     """Read a fairseq ``dict.ltr.txt``; the four specials are added in front, as fairseq does."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"finetune.vocab: {path} does not exist (a fairseq dict.ltr.txt with "
-                        f"'SYMBOL COUNT' lines; leave it empty to build one from the training labels)")
+    path = require_file(path, "finetune.vocab", "(a fairseq dict.ltr.txt with 'SYMBOL COUNT' lines; leave it "
+                                                "empty to build one from the training labels)")
     symbols: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "finetune.vocab").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue

@@ -108,6 +108,7 @@ def load_audio(
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: cannot decode audio ({_reason(exc, path)})") from None
     wav_T = to_mono(wav_TC, cfg, path)
+    check_finite(wav_T, path)
     if rate != cfg.sample_rate_hz:
         wav_T = resample(wav_T, rate, cfg.sample_rate_hz)
         end = None if num_samples is None else offset_samples + num_samples
@@ -115,6 +116,16 @@ def load_audio(
     if cfg.normalize:
         wav_T = normalize(wav_T)
     return np.ascontiguousarray(wav_T, dtype=np.float32)
+
+
+def check_finite(wav_T: np.ndarray, path: str | Path) -> None:
+    """Refuse NaN or infinite samples (a float file from a broken process): one would make the loss
+    non-finite, and training would skip steps or diverge far from the file that caused it."""
+    bad_T = ~np.isfinite(wav_T)
+    if bad_T.any():
+        raise DataError(f"{path}: {int(bad_T.sum())} of {len(wav_T)} samples are NaN or infinite (first at "
+                        f"sample {int(np.argmax(bad_T))}); replace the file, or leave it out: `speechbs validate "
+                        f"MANIFEST --decode` writes a cleaned manifest without it")
 
 
 def _read_crop(f: sf.SoundFile, offset_samples: int, num_samples: int | None) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 
 from speechbs.atomic import write_text
 from speechbs.errors import DataError
+from speechbs.textio import read_lines, read_text, require_file
 
 WORD_BOUNDARY = "|"
 
@@ -82,10 +83,8 @@ class Manifest:
 
 def read_manifest(path: str | Path) -> Manifest:
     """Read a fairseq ``.tsv`` (and its ``.rates`` sidecar when present)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest {path} does not exist (build one with `speechbs manifest`)")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    path = require_file(path, "manifest", "(build one with `speechbs manifest`)")
+    lines = read_text(path, "manifest").splitlines()
     if not lines or not lines[0].strip():
         raise DataError(f"manifest {path} is empty: line 1 must be the root directory of the audio")
     root = Path(lines[0].strip())
@@ -125,7 +124,7 @@ def _read_rates(tsv: Path, num_lines: int) -> np.ndarray | None:
     rates_path = tsv.with_suffix(".rates")
     if not rates_path.is_file():
         return None
-    values = [line.strip() for line in rates_path.read_text().splitlines() if line.strip()]
+    values = [line.strip() for line in read_text(rates_path, "rates sidecar").splitlines() if line.strip()]
     if not all(v.isdigit() for v in values) or len(values) not in (1, num_lines):
         raise DataError(f"{rates_path} must hold one sample rate in Hz, or one per line of {tsv} "
                         f"({num_lines}); rebuild it with `speechbs manifest` or delete it")
@@ -165,9 +164,7 @@ def read_labels(manifest: Manifest, ext: str) -> list[str]:
     if not path.is_file():
         raise DataError(f"label file {path} does not exist; it must sit beside {manifest.source} "
                         f"with one line per utterance (build both with `speechbs manifest`)")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = read_lines(path, "label file")
     if len(lines) != len(manifest):
         raise DataError(f"{path} has {len(lines)} lines but {manifest.source} has {len(manifest)} "
                         f"utterances; they must line up one to one (rebuild them together)")

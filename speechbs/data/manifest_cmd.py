@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from speechbs.atomic import output_dir
 from speechbs.configio import load_config
 from speechbs.data.audio import AudioInfo, read_infos
 from speechbs.data.manifest import Manifest, label_path, write_labels, write_manifest
-from speechbs.data.sources import (DEFAULT_EXTS, KINDS, Collected, collect, match_by_id,
+from speechbs.data.sources import (DEFAULT_EXTS, KINDS, Collected, check_fraction, collect, match_by_id,
                                    normalize_transcript, read_split_table, split_by_fraction)
 from speechbs.data.validate import (ALWAYS_RULES, DEFAULT_VOCAB, ValidationReport, read_vocab,
                                     validate_manifest)
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output directory (default: manifests/<source name>)")
     parser.add_argument("--name", default="train", help="split name when writing one split (default: train)")
     parser.add_argument("--valid-percent", type=float, default=0.0,
-                        help="fraction (0..1, as fairseq's) of files drawn into the validation split")
+                        help="fraction in [0, 1) (as fairseq's: 0.01 = 1%%) of files drawn into the validation split")
     parser.add_argument("--valid-name", default="valid", help="name of the drawn validation split")
     parser.add_argument("--seed", type=int, default=42, help="seed of the --valid-percent draw (fairseq: 42)")
     parser.add_argument("--split-file", help="table giving each utterance's split (TSV with a header "
@@ -64,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
                         "transcripts are looked for, and they are always skipped)")
     if args.valid_percent and args.split_file:
         raise DataError("give either --valid-percent or --split-file, not both")
+    check_fraction(args.valid_percent)
+    out_dir = output_dir(Path(args.out) if args.out else Path("manifests") / Path(args.source).resolve().name,
+                         "--out", create=False)
     exts = tuple(e.strip().lstrip(".") for e in args.ext.split(",") if e.strip())
     collected = collect(args.source, args.kind, exts, args.transcripts)
     for note in collected.notes:
@@ -80,8 +84,9 @@ def main(args: argparse.Namespace) -> int:
     if args.strict and not report.ok:
         print(f"speechbs manifest: --strict: {len(report.skipped)} problems; nothing written")
         return 2
-    out_dir = Path(args.out) if args.out else Path("manifests") / Path(args.source).resolve().name
-    for name, indices in _splits(args, collected, report).items():
+    splits = _splits(args, collected, report)
+    output_dir(out_dir)
+    for name, indices in splits.items():
         _write_split(manifest.subset(indices), words, indices, out_dir / f"{name}.tsv", name)
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from speechbs.data.manifest import label_path, letters_to_words, read_manifest
 from speechbs.errors import DataError
+from speechbs.textio import read_text, require_file
 
 DEFAULT_EXTS = ("flac", "wav")
 KINDS = ("auto", "dir", "librispeech", "list", "tsv")
@@ -53,11 +54,9 @@ def normalize_transcript(text: str) -> str:
 
 def read_kaldi_transcripts(path: str | Path) -> dict[str, str]:
     """``utt_id TEXT`` per line (Kaldi ``text``, LibriSpeech ``.trans.txt``) -> {utt_id: TEXT}."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"transcripts file {path} does not exist")
+    path = require_file(path, "transcripts file", "(Kaldi-style 'utt_id TEXT' lines)")
     table: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "transcripts file").splitlines(), start=1):
         if not line.strip():
             continue
         utt_id, _, text = line.strip().partition(" ") if "\t" not in line else line.strip().partition("\t")
@@ -160,7 +159,7 @@ def from_list(list_file: Path) -> Collected:
     """``path<TAB>transcript`` (or just ``path``) per line; relative paths start at the list's folder."""
     paths: list[Path] = []
     texts: list[str | None] = []
-    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(list_file, "list file").splitlines(), start=1):
         if not line.strip():
             continue
         path_text, _, text = line.partition("\t")
@@ -183,7 +182,7 @@ def from_fairseq(tsv: Path) -> Collected:
     for ext in ("wrd", "ltr"):
         path = label_path(tsv, ext)
         if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_text(path, "label file").splitlines()
             if len(lines) != len(manifest):
                 raise DataError(f"{path} has {len(lines)} lines, {tsv} {len(manifest)} utterances")
             words = lines if ext == "wrd" else [letters_to_words(line) for line in lines]
@@ -192,12 +191,18 @@ def from_fairseq(tsv: Path) -> Collected:
     return Collected(manifest.root, list(manifest.paths), transcripts)
 
 
+def check_fraction(valid_fraction: float) -> None:
+    """``--valid-percent`` is a fraction in [0, 1): 1 or more would leave no training split."""
+    if not 0.0 <= valid_fraction < 1.0:  # also refuses NaN
+        raise DataError(f"--valid-percent {valid_fraction:g}: give a fraction in [0, 1) of the files for the "
+                        f"validation split, as in fairseq (0.01 = 1%); 0 writes one split")
+
+
 def split_by_fraction(num_items: int, valid_fraction: float, seed: int) -> list[str]:
     """fairseq ``wav2vec_manifest.py``: each file goes to valid with probability
     ``valid_fraction``, drawn in order from ``random.Random(seed)``. Files are
     sorted first, so the split does not depend on directory listing order."""
-    if not 0.0 <= valid_fraction <= 1.0:
-        raise DataError(f"--valid-percent {valid_fraction}: a fraction in [0, 1] (0.01 = 1%, as in fairseq)")
+    check_fraction(valid_fraction)
     rand = random.Random(seed)
     return ["valid" if rand.random() <= valid_fraction and valid_fraction > 0 else "train"
             for _ in range(num_items)]
@@ -206,10 +211,8 @@ def split_by_fraction(num_items: int, valid_fraction: float, seed: int) -> list[
 def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
     """Split per utterance id from a TSV with a header (``utt_id`` or ``path`` and ``column``),
     or from header-less ``utt_id<TAB>split`` lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"split file {path} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = require_file(path, "split file")
+    lines = [line for line in read_text(path, "split file").splitlines() if line.strip()]
     tabs = bool(lines) and "\t" in lines[0]  # a TSV may hold text with spaces in its cells
     rows = [line.rstrip("\n").split("\t") if tabs else line.split() for line in lines]
     header = rows[0] if rows else []

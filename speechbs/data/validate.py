@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechbs.atomic import write_text
 from speechbs.config import AudioConfig
 from speechbs.configio import load_config
 from speechbs.data.audio import AudioInfo, read_infos
 from speechbs.data.manifest import (WORD_BOUNDARY, Manifest, label_path, letters_to_words,
                                     read_labels, read_manifest, write_manifest)
 from speechbs.errors import DataError
+from speechbs.textio import read_text, require_file
 
 RECEPTIVE_FIELD_SAMPLES = 400
 """Receptive field of the wav2vec 2.0 feature encoder (Baevski et al. 2020, sec. 2), in
@@ -43,6 +45,7 @@ LABEL_EXTS = ("ltr", "wrd", "km")
 
 RULES: dict[str, str] = {
     "unreadable": "the header cannot be read (missing, corrupt or not audio), or --decode failed",
+    "non_finite": "with --decode: samples that are NaN or infinite (a float file written by a broken process)",
     "header_mismatch": "the header's sample count or rate differs from the manifest's",
     "empty": "the file holds 0 samples",
     "other_rate": "the file's rate differs from audio.sample_rate_hz",
@@ -153,10 +156,8 @@ DEFAULT_VOCAB = Vocabulary(DEFAULT_LETTERS)
 
 def read_vocab(path: str | Path) -> Vocabulary:
     """A fairseq dictionary (``dict.ltr.txt``: ``SYMBOL COUNT`` per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"vocabulary {path} does not exist (give a fairseq dict such as dict.ltr.txt)")
-    symbols = {line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
+    path = require_file(path, "vocabulary", "(give a fairseq dict such as dict.ltr.txt)")
+    symbols = {line.split()[0] for line in read_text(path, "vocabulary").splitlines()
                if line.strip() and not line.startswith("#fairseq")}
     symbols.discard(WORD_BOUNDARY)
     if not symbols:
@@ -213,9 +214,9 @@ def validate_manifest(
 def _audio_problems(i: int, rel: str, info: AudioInfo, manifest: Manifest, cfg: AudioConfig,
                     decode: bool) -> list[Problem]:
     if decode:
-        error = _decode_error(manifest.audio_path(i), info)
+        rule, error = _decode_error(manifest.audio_path(i), info)
         if error:
-            return [Problem(i, rel, "unreadable", error)]
+            return [Problem(i, rel, rule, error)]
     found: list[Problem] = []
     listed_rate = None if manifest.sample_rates_hz is None else int(manifest.sample_rates_hz[i])
     if int(manifest.num_samples[i]) != info.num_samples or listed_rate not in (None, info.sample_rate_hz):
@@ -247,18 +248,27 @@ def _audio_problems(i: int, rel: str, info: AudioInfo, manifest: Manifest, cfg: 
     return found
 
 
-def _decode_error(path: Path, info: AudioInfo) -> str:
-    """Decode the whole file (catches corrupt data behind a valid header); '' when fine."""
-    num_read = 0
+def _decode_error(path: Path, info: AudioInfo) -> tuple[str, str]:
+    """Decode the whole file (catches corrupt data behind a valid header, and NaN or infinite
+    samples): (rule, detail), or ("", "") when fine."""
+    num_read = num_bad = 0
+    first_bad = -1
     try:
         with sf.SoundFile(str(path)) as f:
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                bad_T = ~np.isfinite(block).all(axis=1)
+                if bad_T.any():
+                    first_bad = first_bad if first_bad >= 0 else num_read + int(np.argmax(bad_T))
+                    num_bad += int(bad_T.sum())
                 num_read += len(block)
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
-        return f"decoding failed after {num_read} samples ({str(exc).strip() or type(exc).__name__})"
+        return "unreadable", f"decoding failed after {num_read} samples ({str(exc).strip() or type(exc).__name__})"
     if num_read != info.num_samples:
-        return f"decoded {num_read} samples, the header says {info.num_samples} (truncated?)"
-    return ""
+        return "unreadable", f"decoded {num_read} samples, the header says {info.num_samples} (truncated?)"
+    if num_bad:
+        return "non_finite", (f"{num_bad} of {num_read} samples are NaN or infinite (first at sample {first_bad}); "
+                              f"training on it would diverge: replace the file or leave it out")
+    return "", ""
 
 
 def _label_problems(i: int, rel: str, line: str, kind: str, vocab: Vocabulary) -> list[Problem]:
@@ -294,9 +304,7 @@ def write_cleaned(manifest: Manifest, report: ValidationReport, out_path: str | 
         except DataError as exc:
             print(f"not carried over: {exc}", file=sys.stderr)
             continue
-        target = label_path(out_path, ext)
-        target.write_text("".join(f"{lines[i]}\n" for i in keep), encoding="utf-8")
-        written.append(target)
+        written.append(write_text(label_path(out_path, ext), "".join(f"{lines[i]}\n" for i in keep)))
     return written
 
 
@@ -325,6 +333,10 @@ def main(args: argparse.Namespace) -> int:
     report = validate_manifest(manifest, cfg, labels=labels, label_kind=args.labels or "ltr",
                                vocab=vocab, decode=args.decode, num_threads=args.threads)
     print(report.format(max_listed=args.max_listed, list_warnings=args.verbose))
+    if not report.keep_indices():  # nothing to train on, whatever the flags: never exit 0
+        what = ("holds no utterances" if not report.num_items else
+                f"has no usable utterance (all {report.num_items} would be skipped, see above)")
+        raise DataError(f"manifest {args.manifest} {what}; nothing written")
     if args.strict:
         if not report.ok:
             print(f"speechbs validate: --strict: {len(report.skipped)} problems; nothing written",

@@ -6,7 +6,9 @@ subdirectories are run directories. Per pretraining run the row holds the
 batch (``config.toml`` batch.seconds), the peak LR (optim.lr, lr_rule,
 reference_seconds), steps and hours seen (the last train row of
 ``metrics.jsonl``; a step logged twice, as a resumed run replays the steps after
-its last checkpoint, counts once with its last record), the final train loss
+its last checkpoint, counts once with its last record, and a ``resume`` row at
+step k drops the rows before it with steps after k: after a restart from an
+earlier checkpoint they are an abandoned branch), the final train loss
 (mean of the last N train rows), the final valid loss (the last valid row), WER/CER
 from every ``decode/<split>/<test>/score.json`` of a sweep point, and every
 ``noise.json`` of ``speechbs noise`` under the point's or run's ``noise/``.
@@ -51,6 +53,8 @@ class Score:
     milestone_h: float | None = None
     hours_seen: float | None = None
     """Hours of audio the pretrained checkpoint had seen (the milestone, else the run's total)."""
+    from_final: bool = False
+    """The final model's score listed again at a mark it was kept for (plotted once, as the final)."""
 
 
 @dataclass
@@ -214,7 +218,7 @@ def _final_as_milestones(pretrain_dir: Path, row: RunRow) -> list[Score]:
     for mark, ckpt in milestone_checkpoints(pretrain_dir, [float(m) for m in marks]):
         if checkpoint_step(ckpt) != last:
             continue
-        extra += [Score(s.split, s.test, s.wer, s.cer, mark, mark) for s in row.scores
+        extra += [Score(s.split, s.test, s.wer, s.cer, mark, mark, from_final=True) for s in row.scores
                   if s.milestone_h is None and not any(t.milestone_h == mark and (t.split, t.test) == (s.split, s.test)
                                                        for t in row.scores)]
     return extra
@@ -274,6 +278,12 @@ def _read_metrics(path: Path, label: str, notes: list[str]) -> tuple[list[dict],
             num_bad += 1  # e.g. the last line of a run killed mid-write
             continue
         if not isinstance(row, dict) or "step" not in row:
+            continue
+        if row.get("kind") == "resume":
+            # Training went on from this step's checkpoint: rows written before with later steps are
+            # replays or, after a restart from an earlier checkpoint, an abandoned branch.
+            train = [r for r in train if r["step"] <= row["step"]]
+            valid = [r for r in valid if r["step"] <= row["step"]]
             continue
         (valid if row.get("kind") == "valid" else train).append(row)
     if num_bad:

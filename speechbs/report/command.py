@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from speechbs.atomic import write_text
+from speechbs.atomic import output_dir, write_text
 from speechbs.errors import SpeechbsError
 from speechbs.report.collect import LAST_ROWS, Collected, collect
 from speechbs.report.plots import write_plots
@@ -31,9 +31,12 @@ def main(args: argparse.Namespace) -> int:
     missing = [r for r in args.runs if not Path(r).exists()]
     if missing:
         raise SpeechbsError(f"{', '.join(missing)}: no such directory (give sweep roots or run directories)")
+    files = [r for r in args.runs if not Path(r).is_dir()]
+    if files:
+        raise SpeechbsError(f"{', '.join(files)}: a file, not a directory (give sweep roots or run directories)")
     if args.last_rows < 1:
         raise SpeechbsError(f"--last-rows must be >= 1, got {args.last_rows}")
-    out_dir = Path(args.out) if args.out else Path(args.runs[0]) / "report"
+    out_dir = output_dir(Path(args.out) if args.out else Path(args.runs[0]) / "report", create=False)
     collected = collect(args.runs, args.last_rows)
     paths = write_report(collected, out_dir, plots=not args.no_plots)
     print(markdown(collected), end="")
@@ -43,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
 
 def write_report(collected: Collected, out_dir: Path, *, plots: bool = True) -> list[Path]:
     """``table.md``, ``table.csv`` and (with ``plots``) the four PNGs; returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir)
     paths = [write_text(out_dir / "table.md", markdown(collected)), write_text(out_dir / "table.csv", to_csv(collected))]
     if plots:
         paths += write_plots(collected, out_dir)

@@ -96,7 +96,8 @@ def _wer_vs_hours(plt, collected: Collected):
                 for row in group.rows:
                     for s in row.scores:
                         value = getattr(s, metric)
-                        if s.split == split and s.test == test and s.hours_seen and value is not None:
+                        if (s.split == split and s.test == test and s.hours_seen and value is not None
+                                and not s.from_final):
                             by_hours.setdefault(round(s.hours_seen, 3), []).append(value)
                 if by_hours:
                     _errorbar(ax, list(by_hours.items()), linestyle=style,

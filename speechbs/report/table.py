@@ -83,20 +83,27 @@ def markdown(collected: Collected) -> str:
         lines += ["", "Runs that differ only by seed are one line: mean ± sample sd over the seeds."]
     milestones = milestone_markdown(collected)
     if milestones:
-        lines += ["", "Milestone checkpoints (fine-tuned at hours seen):", "", milestones]
+        lines += ["", "At equal hours seen (milestone checkpoints, and final ones where a mark fell on the last step):",
+                  "", milestones]
     if collected.notes:
         lines += ["", "Notes:"] + [f"- {note}" for note in collected.notes]
     return "\n".join(lines) + "\n"
 
 
 def milestone_markdown(collected: Collected) -> str:
-    rows = [(r.label, s) for r in collected.rows for s in r.scores if s.milestone_h is not None]
-    if not rows:
+    """Scores at equal hours seen: per mark, one line per group of seeds (mean ± sd)."""
+    keys = sorted({(s.milestone_h, s.split, s.test) for r in collected.rows for s in r.scores
+                   if s.milestone_h is not None})
+    if not keys:
         return ""
-    lines = ["| run | hours seen | split | test | WER | CER |", "|---|---|---|---|---|---|"]
-    for label, s in sorted(rows, key=lambda x: (x[0], x[1].milestone_h, x[1].split, x[1].test)):
-        lines.append(f"| {label} | {s.milestone_h:g} | {s.split} | {s.test} | {_fmt('WER', (s.wer, None))} | "
-                     f"{_fmt('CER', (s.cer, None))} |")
+    lines = ["| hours seen | run | seeds | split | test | WER | CER |", "|---|---|---|---|---|---|---|"]
+    for mark, split, test in keys:
+        for group in collected.groups:
+            wer = group.score_values(split, test, "wer", milestone_h=mark)
+            cer = group.score_values(split, test, "cer", milestone_h=mark)
+            if wer or cer:
+                lines.append(f"| {mark:g} | {group.label} | {max(len(wer), len(cer))} | {split} | {test} | "
+                             f"{_fmt('WER', mean_sd(wer))} | {_fmt('CER', mean_sd(cer))} |")
     return "\n".join(lines)
 
 

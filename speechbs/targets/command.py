@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from speechbs.data.manifest import read_manifest
+from speechbs.dist import device_from_name
 from speechbs.errors import SpeechbsError
 from speechbs.targets import features as feats
 from speechbs.targets.kmeans import BACKENDS, FrameSampler, KMeansModel, KMeansSettings, choose_rows, fit
@@ -69,18 +69,6 @@ def main(args: argparse.Namespace) -> int:
     return run_fit(args) if args.action == "fit" else run_label(args)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SpeechbsError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpeechbsError(f"--device {name} asked for, but no CUDA device is available; use --device cpu")
-    return device
-
-
 def run_fit(args: argparse.Namespace) -> int:
     settings = KMeansSettings(num_clusters=args.k, backend=args.backend, seed=args.seed, max_frames=args.max_frames,
                               frame_fraction=args.frame_fraction, num_iterations=args.iterations,
@@ -89,7 +77,7 @@ def run_fit(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest)
     if len(manifest) == 0:
         raise SpeechbsError(f"manifest {args.manifest} has no utterances")
-    device = _device(args.device)
+    device = device_from_name(args.device)
     if args.features == "layer":
         if not args.checkpoint:
             raise SpeechbsError("--features layer needs --checkpoint (a speechbs checkpoint file or run directory)")
@@ -118,7 +106,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_label(args: argparse.Namespace) -> int:
     model = KMeansModel.load(args.kmeans)
     manifests = [(Path(p), read_manifest(p)) for p in args.manifest]
-    extractor = feats.extractor_from_spec(model.features, _device(args.device), args.checkpoint or None)
+    extractor = feats.extractor_from_spec(model.features, device_from_name(args.device), args.checkpoint or None)
     spec = extractor.spec
     for manifest_path, manifest in manifests:
         out = label_path(manifest_path, args.ext, args.label_dir)

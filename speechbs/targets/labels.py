@@ -36,6 +36,7 @@ from speechbs.atomic import write_text
 from speechbs.data.batching import Segment
 from speechbs.data.manifest import Manifest
 from speechbs.errors import DataError
+from speechbs.textio import read_text
 
 
 @dataclass
@@ -215,7 +216,7 @@ def read_cluster_labels(manifest: Manifest, manifest_path: str | Path, ext: str,
 
 def _parse(path: Path, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """All ids (int64) and the count per line; the whole file is parsed in C when it is well formed."""
-    text = path.read_text(encoding="ascii", errors="replace")
+    text = read_text(path, "label file")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -21,19 +21,20 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from speechbs.checkpoint import best_score, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
 from speechbs.data.loader import TargetsFn, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.data.partners import PartnerDraw
-from speechbs.dist import DistContext
+from speechbs.dist import DistContext, stall_for_tests
 from speechbs.rundir import prepare_run_dir
 from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.preempt import EXIT_REQUEUE, StopFlag, torchrun_signal_warning
+from speechbs.train.resume import ResumeOptions, begin, divergence_advice, record
 from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
 from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
 
@@ -81,27 +82,32 @@ class TrainState:
     """The ``train.milestone_hours`` marks whose checkpoint has been kept."""
 
 
-def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext) -> TrainState:
+def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext,
+          resume: ResumeOptions = ResumeOptions()) -> TrainState:
     """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint.
 
+    ``resume``: planned changes (``--allow-change``) and restarts (``--restart-from``), see train/resume.py.
     From the first line on, SIGTERM/SIGUSR1 makes it save the step in flight and exit with
     :data:`EXIT_REQUEUE`; the data workers and the signal handlers are closed however it ends.
     """
     with contextlib.ExitStack() as scope:
-        return _train(cfg, build_task, ctx, scope)
+        return _train(cfg, build_task, ctx, resume, scope)
 
 
-def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext,
+def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext, resume: ResumeOptions,
            scope: contextlib.ExitStack) -> TrainState:
     # --- build ------------------------------------------------------------------
     stop = scope.enter_context(StopFlag())  # read by train_step when it packs its all-reduce
-    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main, broadcast=ctx.broadcast_object)
-    ckpt_dir = run_dir / "checkpoints"
+    # The manifest and the batch plan are checked before the run directory is written, so a
+    # mistake in them leaves no run behind whose config would refuse the corrected command.
     manifest = read_manifest(cfg.data.train_manifest)
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
     planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
                            sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
+    run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
+                              allow_changes=resume.allow_changes, broadcast=ctx.broadcast_object)
+    ckpt_dir = run_dir / "checkpoints"
     task = build_task(cfg, ctx)
     compiled = compile_model(task.model, num_lengths=len(planner.pad_lengths_L),
                              backend=cfg.train.compile_backend) if cfg.train.compile else None
@@ -114,11 +120,14 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
     autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
 
     # --- restore ------------------------------------------------------------------
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        state = _restore(load_checkpoint(latest), task.model, optimizer, planner, grad_scaler, state,
-                         marks=cfg.train.milestone_hours)
-        log.message(f"resumed from {latest} at step {state.step} ({state.hours_seen:.3f} h seen)")
+    start = begin(run_dir, cfg, resume, ctx)  # the latest checkpoint, or a restart's (rank 0 decides for all)
+    ckpt = load_checkpoint(start.checkpoint) if start.checkpoint is not None else None
+    if ckpt is not None:
+        state = _restore(ckpt, task.model, optimizer, planner, grad_scaler, state, marks=cfg.train.milestone_hours)
+        log.message(f"resumed from {start.checkpoint} at step {state.step} ({state.hours_seen:.3f} h seen)")
+    if ctx.is_main:
+        record(run_dir, cfg, start, ckpt, state.step, log)  # resumes.jsonl and a "resume" row in metrics.jsonl
+    del ckpt
     if state.step >= cfg.train.num_steps:
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
         log.close()
@@ -131,7 +140,8 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
     if warning := torchrun_signal_warning():
         log.message(warning)
 
-    guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row,  # rank 0 names the checkpoint and command to restart
+                           advice=(lambda first: divergence_advice(run_dir, cfg, resume, first)) if ctx.is_main else None)
     pending_marks = sorted(h for h in cfg.train.milestone_hours if h not in state.marks_kept)
     every, first_step = cfg.train.grad_noise_every, state.step
 
@@ -156,10 +166,12 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
         ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         probe = GradNoiseProbe(task.model) if measures(state.step) else None
         prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
-        report = train_step(model, optimizer, data.micro_batches,
-                            lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
-                            clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                            grad_noise=probe, stop_requested=stop, prepare=prepare)
+        stall_for_tests(ctx.rank, state.step + 1)  # SPEECHBS_TEST_STALL only (tests/test_multinode.py)
+        with ctx.collective(f"step {state.step + 1}"):  # a stalled peer ends the job with rank, step, operation
+            report = train_step(model, optimizer, data.micro_batches,
+                                lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
+                                clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
+                                grad_noise=probe, stop_requested=stop, prepare=prepare)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
@@ -182,7 +194,8 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
 
         if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             # Training's precision; eager: validation's whole utterances would be new shapes to compile.
-            with autocast() if autocast is not None else contextlib.nullcontext(), eager():
+            with ctx.collective(f"validation after step {state.step}"), \
+                    autocast() if autocast is not None else contextlib.nullcontext(), eager():
                 scores = task.validate(task.model, state.step)
             log.log_step(state.step, scores, kind="valid")
             # Rank 0 reads the recorded best and decides for all: another node may see an older
@@ -206,13 +219,16 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
             pending_marks = pending_marks[len(reached):]
         milestone |= state.step in cfg.train.milestone_steps
         stopping = report.stop_requested  # agreed by every rank inside the step's one all-reduce
+        # No rolling checkpoint while steps are skipped: it would hold the weights that gave NaN and
+        # prune one from before, which a restart needs (resume.divergence_advice).
         if (milestone or stopping or state.step == cfg.train.num_steps
-                or state.step % max(cfg.train.checkpoint_every, 1) == 0):
+                or (state.step % max(cfg.train.checkpoint_every, 1) == 0 and not guard.num_in_a_row)):
             if ctx.is_main:
                 save_checkpoint(ckpt_dir, state.step,
                                 _state_dict(cfg, task.model, optimizer, planner, state, grad_scaler),
                                 keep_last=cfg.train.keep_last, milestone=milestone)
-            ctx.barrier()
+            with ctx.collective(f"the barrier after rank 0 saved the checkpoint of step {state.step}"):
+                ctx.barrier()
         if stopping:
             log.message(f"stopped by {stop.name or 'a signal to another rank'} at step {state.step}; "
                         f"checkpoint saved, exit {EXIT_REQUEUE} to requeue")
@@ -277,7 +293,12 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
              grad_scaler: torch.amp.GradScaler | None, fresh: TrainState | None = None,
              marks: list[float] = ()) -> TrainState:
     model.load_state_dict(ckpt["model"])
+    # The moments come from the checkpoint, the settings from the config (a planned change, e.g. of
+    # optim.weight_decay, takes effect; the LR is set before every step anyway).
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, kept in zip(optimizer.param_groups, settings):
+        group.update(kept)
     planner.load_state_dict(ckpt["planner"])
     if grad_scaler is not None and ckpt.get("grad_scaler"):
         grad_scaler.load_state_dict(ckpt["grad_scaler"])

@@ -1,7 +1,8 @@
 """Where numbers go: ``metrics.jsonl`` (every step), TensorBoard, the console and ``log.txt``.
 
-Only rank 0 writes. Each JSON line holds ``step`` and a flat dict of floats;
-the same keys become TensorBoard scalars (``/`` groups them). The console gets
+Only rank 0 writes. Each JSON line holds ``step``, ``kind`` (``train``,
+``valid``, or ``resume``: see :mod:`speechbs.train.resume`) and a flat dict of
+floats; the same keys become TensorBoard scalars (``/`` groups them). The console gets
 a progress line with ETA every ``log_every`` steps: rewritten in place when the
 output is a terminal, plain appended lines otherwise (cluster logs).
 """
@@ -56,6 +57,12 @@ class MetricsLogger:
         # On a terminal the progress bar redraws every step; logs get a line every log_every steps.
         if kind != "train" or self.interactive or step % self.log_every == 0 or step == self.total_steps:
             self._console(step, values, kind)
+
+    def event(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        """A metrics.jsonl row that is not a measurement, e.g. ``kind="resume"`` (no console, no TensorBoard)."""
+        if self.enabled:
+            self._jsonl.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+            self._jsonl.flush()
 
     def message(self, text: str) -> None:
         """A line for the console and log.txt (rank 0 only)."""

@@ -98,26 +98,35 @@ class NonFiniteGuard:
     ``max_in_a_row`` above ~20 there.
     """
 
-    def __init__(self, max_in_a_row: int) -> None:
+    def __init__(self, max_in_a_row: int, advice: Callable[[int], str] | None = None) -> None:
         if max_in_a_row < 1:
             raise SpeechbsError(f"max non-finite steps in a row must be >= 1, got {max_in_a_row}")
         self.max_in_a_row = max_in_a_row
+        self.advice = advice
+        """advice(first_bad_step) -> what to do, ending the error (the loop names the checkpoint and command)."""
         self.num_in_a_row = 0
         self.num_total = 0
+        self.first_bad_step = 0
+        """The first step of the current run of skipped steps: its forward ran on the last weights that
+        were updated, so those weights (and any checkpoint saved since) already give NaN or inf."""
 
     def update(self, report: StepReport, step: int) -> None:
         """Record optimizer step ``step``; raise :class:`TrainingDivergedError` when it is one too many."""
         if report.skipped_nonfinite:
             self.num_in_a_row += 1
             self.num_total += 1
+            if self.num_in_a_row == 1:
+                self.first_bad_step = step
         elif report.updated:
             self.num_in_a_row = 0
         if self.num_in_a_row >= self.max_in_a_row:
+            advice = (self.advice(self.first_bad_step) if self.advice is not None else
+                      "lower the learning rate, lengthen the warmup, set gradient clipping, or use bf16 instead "
+                      "of fp16; then restart from a checkpoint saved before the first skipped step")
             raise TrainingDivergedError(
                 f"the {report.nonfinite_in or 'loss'} was NaN or inf in {self.num_in_a_row} optimizer steps "
-                f"in a row (the last was step {step}; {self.num_total} skipped in all). The run has diverged: "
-                f"lower the learning rate, lengthen the warmup, set gradient clipping, or use bf16 instead "
-                f"of fp16; then resume from the last checkpoint")
+                f"in a row (steps {self.first_bad_step}-{step}; {self.num_total} skipped in all). The run has "
+                f"diverged: {advice}")
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[Any],
@@ -151,12 +160,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     assert len(micro_batches) > 0, "the batch plan gives every rank at least one micro-batch"
     optimizer.zero_grad(set_to_none=True)
     if prepare is not None:
-        with autocast() if autocast is not None else contextlib.nullcontext():
+        with ctx.collective("the pre-pass over the global batch"), \
+                autocast() if autocast is not None else contextlib.nullcontext():
             prepared = prepare(model, micro_batches)
         forward = functools.partial(forward, prepared=prepared)
-    packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
+    with ctx.collective("the gradient all-reduce of the micro-batches' backward"):
+        packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
     packed_K[3] = float(stop_requested() if callable(stop_requested) else stop_requested)
-    ctx.all_reduce_sum(packed_K)
+    with ctx.collective("the all-reduce of the step's target count and loss sums"):
+        ctx.all_reduce_sum(packed_K)
     num_targets, num_nonfinite, loss_sum, num_stop, *log_values = packed_K.tolist()  # the one host sync so far
     noise_stats = None
     if grad_noise is not None and num_nonfinite == 0:

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from bench import accumulation, compile_train, dataload, global_terms, grad_noise, memory, throughput
+from bench import accumulation, compile_train, dataload, faults, global_terms, grad_noise, memory, throughput
 
 MACHINE_KEYS = {"platform", "torch", "cpu_count", "device", "date"}
 
@@ -141,3 +141,12 @@ def test_compile_train_times_each_setting_on_the_same_batches(tmp_path, capsys) 
     assert result["runs"]["off"]["batch_s"] == result["runs"]["on, 16 lengths"]["batch_s"]  # the same batches
     assert MACHINE_KEYS <= set(json.loads(out.read_text())["machine"])
     assert "| on, 16 lengths |" in capsys.readouterr().out
+
+
+def test_faults_kills_and_resumes_to_the_uninterrupted_model(tmp_path, capsys) -> None:
+    result = faults.main(["--steps", "4", "--kills", "1", "--write-kills", "1", "--files", "12",
+                          "--json", str(tmp_path / "faults.json")])
+    assert sum(c["injected"] for c in result["counts"].values()) == 2
+    assert all(c["loadable"] == c["injected"] for c in result["counts"].values())
+    assert result["params_identical"] and result["losses_identical"]
+    assert "| SIGKILL during a checkpoint write |" in capsys.readouterr().out

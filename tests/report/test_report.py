@@ -61,12 +61,30 @@ def test_table_values_come_from_the_run_directories(sweep_root):
     assert any("bs6000s" in n and "not fine-tuned" in n for n in collected.notes)
 
     table = markdown(collected)
-    main_table = table.split("Milestone")[0]
+    main_table = table.split("At equal hours")[0]
     lines = {line.split("|")[1].strip(): line for line in main_table.splitlines() if line.startswith("| bs")}
     assert "| 40.0 | 20.0 |" in lines["bs600s"]
     assert lines["bs87.5s"].split("|")[11].strip() == "-"  # no noise measured
     assert lines["bs6000s"].rstrip().endswith("| - | - |")  # no scores
-    assert "Milestone checkpoints" in table and "| bs600s | 0.1 | train | test | 50.0 | 25.0 |" in table
+    assert "At equal hours seen" in table and "| 0.1 | bs600s | 1 | train | test | 50.0 | 25.0 |" in table
+
+
+def test_a_mark_kept_at_the_last_step_lists_the_final_score_at_that_mark(tmp_path):
+    """The sweep fine-tunes that checkpoint once (as the final); the equal-hours table still lists it."""
+
+    root = tmp_path / "sweep"
+    for seed, wer in ((1, 40.0), (2, 60.0)):
+        run = write_point(root, f"bs600s-seed{seed}", 600.0, wer=wer, seed=seed)
+        with open(run / "config.toml", "a") as f:
+            f.write("milestone_hours = [3.3]\n")
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "step_00000020.pt").write_bytes(b"")
+        (run / "checkpoints" / "index.json").write_text(json.dumps({"latest": "step_00000020.pt",
+                                                                     "milestones": ["step_00000020.pt"]}))
+    collected = collect([root])
+    assert "| 3.3 | bs600s | 2 | train | test | 50.0 ± 14.1 | 25.0 ± 7.1 |" in markdown(collected)
+    copies = [s for r in collected.rows for s in r.scores if s.milestone_h == 3.3]
+    assert len(copies) == 2 and all(s.from_final for s in copies)  # drawn once on the vs-hours plot
 
 
 def test_online_noise_is_compared_at_matched_hours_seen(sweep_root):
@@ -149,3 +167,16 @@ def test_missing_pieces_never_crash(tmp_path, capsys):
     text = (out / "table.md").read_text()
     assert "| r1 | 1 | - |" in text and "config.toml is missing or unreadable" in text
     assert cli_main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_rows_of_a_branch_abandoned_by_a_restart_do_not_count(tmp_path):
+    """A restart from step 8's checkpoint that has reached step 15: the old branch's steps 16-20 are gone."""
+    run = write_point(tmp_path / "sweep", "bs60s", 60.0)
+    with open(run / "metrics.jsonl", "a") as f:  # after the cut last line, as a relaunch appends
+        f.write("\n" + json.dumps({"step": 8, "kind": "resume", "restart": True, "changes": {}}) + "\n")
+        f.write("".join(json.dumps({"step": k, "kind": "train", "loss": -1.0, "hours_seen": 0.0}) + "\n"
+                        for k in range(9, 16)))
+    row = collect([tmp_path / "sweep"]).rows[0]
+    assert [step for step, _, _ in row.curve] == list(range(1, 16)) and row.steps == 15
+    assert all(loss == -1.0 for step, _, loss in row.curve if step > 8)
+    assert row.valid_loss is None  # the valid row of step 20 belonged to the abandoned branch

@@ -40,3 +40,20 @@ def test_checkpoints_without_a_scaler_resume_under_fp32(tmp_path) -> None:
     save_checkpoint(tmp_path, 3, _state_dict(Config(), model, optimizer, planner, TrainState(step=3), None),
                     keep_last=1)
     assert _restore(load_checkpoint(tmp_path / "step_00000003.pt"), model, optimizer, planner, None).step == 3
+
+
+def test_a_resume_keeps_adams_moments_and_takes_the_configs_settings(tmp_path) -> None:
+    """A planned change of weight decay or epsilon applies after the restore; the moments stay."""
+    model, optimizer, planner, _ = _parts(init_scale=1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, 1, _state_dict(Config(), model, optimizer, planner, TrainState(step=1), None),
+                    keep_last=1)
+    model2, _, planner2, _ = _parts(init_scale=1.0)
+    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=1e-3, weight_decay=0.1, eps=1e-6)
+    _restore(load_checkpoint(tmp_path / "step_00000001.pt"), model2, optimizer2, planner2, None)
+    group = optimizer2.param_groups[0]
+    assert (group["weight_decay"], group["eps"]) == (0.1, 1e-6)
+    for p, p2 in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(optimizer.state[p]["exp_avg"], optimizer2.state[p2]["exp_avg"])
+        assert float(optimizer2.state[p2]["step"]) == 1.0

@@ -144,8 +144,16 @@ def test_guard_stops_after_too_many_in_a_row():
     for step, report in enumerate([bad, bad, good, bad, empty, bad]):
         guard.update(report, step)
     assert guard.num_in_a_row == 2 and guard.num_total == 4
-    with pytest.raises(TrainingDivergedError, match="3 optimizer steps in a row .*step 6"):
+    with pytest.raises(TrainingDivergedError, match="3 optimizer steps in a row .*steps 3-6"):
         guard.update(bad, 6)
+    # The advice is asked with the first step of the run of skipped steps (the empty step 4 does not break it).
+    asked = []
+    guard = NonFiniteGuard(2, advice=lambda first: asked.append(first) or "restart from step 1")
+    for step, report in enumerate([good, bad, empty], start=1):
+        guard.update(report, step)
+    with pytest.raises(TrainingDivergedError, match="diverged: restart from step 1$"):
+        guard.update(bad, 4)
+    assert asked == [2]
     with pytest.raises(SpeechbsError):
         NonFiniteGuard(0)
 
