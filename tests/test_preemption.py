@@ -281,3 +281,18 @@ def test_rank_0_warns_under_a_torchrun_in_slurm_that_would_die_of_sigusr1():
     assert torchrun_signal_warning(job)  # a torchrun older than the option passes SIGUSR1 on never
     assert torchrun_signal_warning({**job, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}) == ""
     assert torchrun_signal_warning({"TORCHELASTIC_RUN_ID": "x"}) == ""  # no SLURM: no time-limit SIGUSR1
+
+
+def test_a_process_that_leaves_its_step_iterator_open_still_exits(digits_manifests, tmp_path):
+    """Workers ignore SIGTERM, and multiprocessing's exit handler SIGTERMs them and joins without a
+    timeout: an iterator kept alive past exit (here by a reference cycle, as a traceback can) must
+    have its workers shut down first, or the process never ends."""
+    train, _ = digits_manifests
+    code = (f"from speechbs.configio import load_config\nfrom speechbs.data.manifest import read_manifest\n"
+            f"from speechbs.data.loader import build_planner, iter_steps\n"
+            f"cfg = load_config({str(RECIPE)!r}, [])\nmanifest = read_manifest({str(train)!r})\n"
+            f"steps = iter_steps(build_planner(manifest, cfg.batch, cfg.audio, 0), manifest, cfg.audio, rank=0, "
+            f"world_size=1, num_workers=2)\nnext(steps)\ncycle = [steps]\ncycle.append(cycle)\nprint('exiting')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=120, start_new_session=True)
+    assert result.returncode == 0 and "exiting" in result.stdout, result.stderr[-2000:]

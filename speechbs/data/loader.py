@@ -18,10 +18,12 @@ the step iterator is closed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import itertools
 import signal
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
@@ -224,6 +226,7 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
                         worker_init_fn=_ignore_stop_signals if num_workers else None)
     with _stop_signals_blocked():  # held back from workers until they ignore them; the rank gets them after
         loaded = iter(loader)
+    _live_iterators.add(loaded)
     done = 0
     try:
         while num_steps is None or done < num_steps:
@@ -235,9 +238,27 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
             yield StepData(batch, micro_batches, BatchStats.from_split(batch, split_R, planner.sample_rate_hz))
             done += 1
     finally:
-        # Shut the workers down now (the iterator's last reference), not at interpreter exit, where
-        # multiprocessing would SIGTERM them (ignored) and wait for them forever.
-        del loaded
+        _shut_down(loaded)  # now, not when the iterator is collected: a traceback may hold it
+
+
+_live_iterators: weakref.WeakSet = weakref.WeakSet()
+"""DataLoader iterators whose workers may be alive (see :func:`_shut_down_at_exit`)."""
+
+
+def _shut_down(loaded: Any) -> None:
+    """Stop a DataLoader iterator's workers and wait for them (a no-op without workers)."""
+    shutdown = getattr(loaded, "_shutdown_workers", None)  # torch has no public close()
+    if shutdown is not None:
+        shutdown()
+
+
+@atexit.register
+def _shut_down_at_exit() -> None:
+    """Workers ignore SIGTERM, and multiprocessing's own exit handler SIGTERMs daemonic children and
+    then joins them without a timeout: shut down any still running first. (Registered after
+    multiprocessing's handler and torch's, so it runs before both.)"""
+    for loaded in list(_live_iterators):
+        _shut_down(loaded)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
