@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from speechbs import __version__
 from speechbs.configio import describe, load_config, save_config
 from speechbs.atomic import write_text
 from speechbs.errors import ConfigError
+from speechbs.runlock import lock_run_dir
 
 
 # Fields that may differ when a run is resumed: they change how long or how often, not what is learned.
@@ -77,12 +78,15 @@ def run_dir_of(cfg: Any) -> Path:
     return Path(cfg.run.output_dir) / cfg.run.name
 
 
-def prepare_run_dir(cfg: Any, *, world_size: int, is_main: bool, allow_changes: Collection[str] = ()) -> Path:
-    """Create (or check, when resuming) the run directory; rank 0 writes the files.
+def prepare_run_dir(cfg: Any, *, world_size: int, is_main: bool, allow_changes: Collection[str] = (),
+                    broadcast: Callable[[Any], Any] | None = None) -> Path:
+    """Create (or check, when resuming) the run directory; rank 0 locks it first and writes the files.
 
     ``allow_changes``: keys of :data:`PLANNED_CHANGES` that may differ from the run's config.toml.
+    ``broadcast`` (``DistContext.broadcast_object``) tells every rank whether rank 0 got the lock.
     """
     run_dir = run_dir_of(cfg)
+    lock_run_dir(run_dir, is_main=is_main, broadcast=broadcast)  # one run per directory (speechbs/runlock.py)
     existing = run_dir / "config.toml"
     differences = []
     if existing.is_file():

@@ -8,12 +8,22 @@ only loads it. Each dataset item is one :class:`MicroBatch` plan, so the
 DataLoader runs with ``batch_size=None`` and never re-batches. Plans are fed in
 order from the main process; workers only decode, so the order of steps never
 depends on ``num_workers``.
+
+Workers ignore the stop signals (SIGTERM, SIGUSR1, SIGINT): a cluster sends them to the
+whole process group, and a worker that died of one would abort the step in flight
+("DataLoader worker ... is killed by signal") before its rank could save a checkpoint.
+The rank acts on the signal (speechbs.train.preempt) and shuts its workers down when
+the step iterator is closed.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import itertools
+import signal
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
@@ -212,17 +222,66 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
 
     loader = DataLoader(MicroBatchDataset(manifest, audio_cfg, targets), batch_size=None,
                         sampler=_PlanStream(planner, rank, world_size, split, partners), num_workers=num_workers,
-                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
-    loaded = iter(loader)
+                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None,
+                        worker_init_fn=_ignore_stop_signals if num_workers else None)
+    with _stop_signals_blocked():  # held back from workers until they ignore them; the rank gets them after
+        loaded = iter(loader)
+    _live_iterators.add(loaded)
     done = 0
-    while num_steps is None or done < num_steps:
-        batch = planner.next_batch()
-        split_R = split(planner, batch, done)
-        micro_batches = [next(loaded) for _ in split_R[rank]]
-        for plan, audio in zip(split_R[rank], micro_batches):
-            assert audio.is_empty == plan.is_empty, "loader and planner out of step"
-        yield StepData(batch, micro_batches, BatchStats.from_split(batch, split_R, planner.sample_rate_hz))
-        done += 1
+    try:
+        while num_steps is None or done < num_steps:
+            batch = planner.next_batch()
+            split_R = split(planner, batch, done)
+            micro_batches = [next(loaded) for _ in split_R[rank]]
+            for plan, audio in zip(split_R[rank], micro_batches):
+                assert audio.is_empty == plan.is_empty, "loader and planner out of step"
+            yield StepData(batch, micro_batches, BatchStats.from_split(batch, split_R, planner.sample_rate_hz))
+            done += 1
+    finally:
+        _shut_down(loaded)  # now, not when the iterator is collected: a traceback may hold it
+
+
+_live_iterators: weakref.WeakSet = weakref.WeakSet()
+"""DataLoader iterators whose workers may be alive (see :func:`_shut_down_at_exit`)."""
+
+
+def _shut_down(loaded: Any) -> None:
+    """Stop a DataLoader iterator's workers and wait for them (a no-op without workers)."""
+    shutdown = getattr(loaded, "_shutdown_workers", None)  # torch has no public close()
+    if shutdown is not None:
+        shutdown()
+
+
+@atexit.register
+def _shut_down_at_exit() -> None:
+    """Workers ignore SIGTERM, and multiprocessing's own exit handler SIGTERMs daemonic children and
+    then joins them without a timeout: shut down any still running first. (Registered after
+    multiprocessing's handler and torch's, so it runs before both.)"""
+    for loaded in list(_live_iterators):
+        _shut_down(loaded)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+"""Signals a DataLoader worker ignores: its rank decides what they mean."""
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn``: ignore :data:`STOP_SIGNALS` (torch's own worker SIGTERM handler would exit),
+    then let through those the rank held back while it forked."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block :data:`STOP_SIGNALS` in this thread while workers are forked (they inherit the mask), so
+    none can kill a worker before :func:`_ignore_stop_signals` runs; pending ones arrive at the end."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, *,

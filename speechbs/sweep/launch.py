@@ -24,6 +24,7 @@ from pathlib import Path
 from speechbs.atomic import write_text
 from speechbs.sweep.plan import Point, SweepPlan
 from speechbs.sweep.stages import point_stages
+from speechbs.train.preempt import TORCHRUN_SIGNALS
 
 TRAINING = ("pretrain", "finetune")
 
@@ -61,7 +62,8 @@ def point_script(plan: SweepPlan, point: Point, nproc_per_node: int) -> str:
         "trap 'echo \"speechbs: SIGUSR1: the running stage checkpoints and stops\" >&2' USR1",
         f"NPROC=${{NPROC:-{nproc_per_node}}}",
         f"cd {q(os.getcwd())}",
-        'TRAIN=(torchrun --standalone --nproc-per-node "$NPROC" -m speechbs)',
+        "# torchrun passes on only the signals it is told to (torch >= 2.9); any other kills it and orphans the ranks.",
+        f'TRAIN=(torchrun --standalone --nproc-per-node "$NPROC" --signals-to-handle {TORCHRUN_SIGNALS} -m speechbs)',
         "RUN=(python -m speechbs)",
         "",
     ]
@@ -120,7 +122,7 @@ POINTS=({points})
 POINT=${{POINTS[$SLURM_ARRAY_TASK_ID]}}
 export NPROC=${{SLURM_GPUS_ON_NODE:-{nproc}}}
 EX_TEMPFAIL=75  # speechbs's exit status after saving on SIGUSR1/SIGTERM: "resume me"
-export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
+# torchrun (in the point script, --signals-to-handle) waits this long for the ranks to save before SIGKILL.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=100
 export OMP_NUM_THREADS=1
 

@@ -6,14 +6,13 @@ What differs between pretraining and fine-tuning (the model, how a
 micro-batch becomes a loss sum, validation) comes in a :class:`Task`; the
 batch plan, the step engine, schedules, checkpoints and accounting are the
 same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
-"checkpoint saved, requeue me".
+"checkpoint saved, requeue me" (speechbs/train/preempt.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +33,10 @@ from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
 from speechbs.train.optim import build_optimizer, set_lr
+from speechbs.train.preempt import EXIT_REQUEUE, StopFlag, torchrun_signal_warning
 from speechbs.train.resume import ResumeOptions, begin, divergence_advice, record
 from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
 from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
-
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted, checkpoint saved; the SLURM template requeues on it
 
 
 @dataclass
@@ -89,8 +87,17 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint.
 
     ``resume``: planned changes (``--allow-change``) and restarts (``--restart-from``), see train/resume.py.
+    From the first line on, SIGTERM/SIGUSR1 makes it save the step in flight and exit with
+    :data:`EXIT_REQUEUE`; the data workers and the signal handlers are closed however it ends.
     """
+    with contextlib.ExitStack() as scope:
+        return _train(cfg, build_task, ctx, resume, scope)
+
+
+def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext, resume: ResumeOptions,
+           scope: contextlib.ExitStack) -> TrainState:
     # --- build ------------------------------------------------------------------
+    stop = scope.enter_context(StopFlag())  # read by train_step when it packs its all-reduce
     # The manifest and the batch plan are checked before the run directory is written, so a
     # mistake in them leaves no run behind whose config would refuse the corrected command.
     manifest = read_manifest(cfg.data.train_manifest)
@@ -100,7 +107,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
                            sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
     run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
-                              allow_changes=resume.allow_changes)
+                              allow_changes=resume.allow_changes, broadcast=ctx.broadcast_object)
     ckpt_dir = run_dir / "checkpoints"
     task = build_task(cfg, ctx)
     compiled = compile_model(task.model, num_lengths=len(planner.pad_lengths_L),
@@ -131,8 +138,9 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
     if compiled is not None:
         log.message(f"torch.compile ({cfg.train.compile_backend}): {len(compiled.names)} regions, micro-batches "
                     f"padded to {len(planner.pad_lengths_L)} lengths; the first steps compile")
+    if warning := torchrun_signal_warning():
+        log.message(warning)
 
-    stop = _StopFlag()
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row,  # rank 0 names the checkpoint and command to restart
                            advice=(lambda first: divergence_advice(run_dir, cfg, resume, first)) if ctx.is_main else None)
     pending_marks = sorted(h for h in cfg.train.milestone_hours if h not in state.marks_kept)
@@ -143,10 +151,10 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         return bool(every) and (step + 1) % every == 0
 
     # A measuring step needs two micro-batch gradients: each rank then gets at least two.
-    steps = iter_steps(planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size,
-                       num_workers=cfg.data.num_workers, targets=task.targets, partners=task.partners,
-                       pin_memory=ctx.device.type == "cuda",
-                       min_micro_batches=lambda i: 2 if measures(first_step + i) else 1)
+    steps = scope.enter_context(contextlib.closing(iter_steps(
+        planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
+        targets=task.targets, partners=task.partners, pin_memory=ctx.device.type == "cuda",
+        min_micro_batches=lambda i: 2 if measures(first_step + i) else 1)))  # closing it stops the workers
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
@@ -164,7 +172,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
             report = train_step(model, optimizer, data.micro_batches,
                                 lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
                                 clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                                grad_noise=probe, stop_requested=stop.requested, prepare=prepare)
+                                grad_noise=probe, stop_requested=stop, prepare=prepare)
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
@@ -223,7 +231,8 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
             with ctx.collective(f"the barrier after rank 0 saved the checkpoint of step {state.step}"):
                 ctx.barrier()
         if stopping:
-            log.message(f"stopped by signal at step {state.step}; checkpoint saved, exit {EXIT_REQUEUE} to requeue")
+            log.message(f"stopped by {stop.name or 'a signal to another rank'} at step {state.step}; "
+                        f"checkpoint saved, exit {EXIT_REQUEUE} to requeue")
             log.close()
             raise SystemExit(EXIT_REQUEUE)
 
@@ -316,19 +325,3 @@ def _memory(ctx: DistContext) -> dict[str, float]:
     peak_gib = torch.cuda.max_memory_allocated(ctx.device) / 2**30
     torch.cuda.reset_peak_memory_stats(ctx.device)
     return {"peak_memory_gib": peak_gib}
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGUSR1 (cluster preemption); every rank stops at the same step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. under a test runner thread)
-                pass
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-

@@ -74,7 +74,8 @@ class StepReport:
     nonfinite_in: str = ""
     """``loss`` or ``grad`` when ``skipped_nonfinite``; empty otherwise."""
     stop_requested: bool = False
-    """Some rank passed ``stop_requested=True`` (e.g. it got SIGUSR1): all ranks stop after this step."""
+    """Some rank's ``stop_requested`` was true when the all-reduce was packed (e.g. it got SIGUSR1): all
+    ranks stop after this step."""
     grad_noise: GradNoiseStats | None = None
     """The gradient-noise estimate, on steps that measured it (``train_step(..., grad_noise=probe)``)."""
 
@@ -131,7 +132,7 @@ class NonFiniteGuard:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[Any],
                forward: ForwardFn, ctx: DistContext, *, clip_norm: float | None = None,
                autocast: AutocastFactory | None = None, grad_scaler: torch.amp.GradScaler | None = None,
-               grad_noise: GradNoiseProbe | None = None, stop_requested: bool = False,
+               grad_noise: GradNoiseProbe | None = None, stop_requested: bool | Callable[[], bool] = False,
                prepare: PrepareFn | None = None) -> StepReport:
     """Accumulate gradients over ``micro_batches``, normalize by the global target count, clip, step.
 
@@ -143,6 +144,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     around each forward. The learning rate is set by the caller before this call.
     ``stop_requested`` rides along in the step's all-reduce, so a preemption signal
     that reached the ranks at different moments still stops them all after the same step.
+    A callable (the loop's :class:`~speechbs.train.preempt.StopFlag`) is read when the
+    all-reduce is packed, after the last backward: a signal that came while this step
+    computed stops the run after this step, not the next.
     With ``grad_noise`` the step also measures gradient noise (``speechbs.train.grad_noise``):
     every micro-batch then runs without DDP's sync and the gradients are all-reduced once at
     the end, so each micro-batch's own gradient is visible; the update is the same.
@@ -162,7 +166,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         forward = functools.partial(forward, prepared=prepared)
     with ctx.collective("the gradient all-reduce of the micro-batches' backward"):
         packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
-    packed_K[3] = float(stop_requested)
+    packed_K[3] = float(stop_requested() if callable(stop_requested) else stop_requested)
     with ctx.collective("the all-reduce of the step's target count and loss sums"):
         ctx.all_reduce_sum(packed_K)
     num_targets, num_nonfinite, loss_sum, num_stop, *log_values = packed_K.tolist()  # the one host sync so far

@@ -101,6 +101,12 @@ def test_launch_scripts_same_batches_for_any_gpu_count(tmp_path, calls):
     for a, b in zip(one, four):
         assert a.replace("NPROC:-1", "NPROC:-4") == b  # only the default process count differs
     assert "--nproc-per-node \"$NPROC\"" in one[0] and "batch.seconds=15.0" in one[0]
+    # torchrun passes SIGUSR1 (SLURM's time-limit signal) on to the ranks only when told to
+    # (tests/test_preemption.py runs the shipped templates that pass the same option).
+    from speechbs.train.preempt import TORCHRUN_SIGNALS
+
+    assert f"--signals-to-handle {TORCHRUN_SIGNALS} -m speechbs" in one[0]
+    assert "TORCHELASTIC_SIGNALS_TO_HANDLE" not in four[2]  # torchrun overwrites it from its option
     sbatch = four[2]
     assert "#SBATCH --array=0-1" in sbatch and "scontrol requeue" in sbatch and "EX_TEMPFAIL=75" in sbatch
     for path in (plan.root / "launch").rglob("*.s*"):
