@@ -37,6 +37,7 @@ from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import letters_to_words, read_manifest, words_to_letters
 from speechbs.dist import DistContext, distributed
 from speechbs.errors import ConfigError, DataError
+from speechbs.models.frames import num_frames
 from speechbs.pretrain import utterance_seeds
 from speechbs.rundir import run_dir_of
 from speechbs.train.loop import Task, train
@@ -132,10 +133,7 @@ def frames_of(arch: Any, num_samples: np.ndarray) -> np.ndarray | None:
     """Encoder frames per utterance from the conv arithmetic (None when the arch has no conv stack)."""
     if not hasattr(arch, "conv_layers"):
         return None
-    frames = np.asarray(num_samples, dtype=np.int64)
-    for _, kernel, stride in arch.conv_layers:
-        frames = np.maximum((frames - kernel) // stride + 1, 0)
-    return frames
+    return num_frames(np.asarray(num_samples, dtype=np.int64), arch.conv_layers)
 
 
 def label_report(targets: LetterTargets, frames: np.ndarray | None) -> dict[str, int]:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from speechbs.errors import ConfigError
+from speechbs.models import frames
 from speechbs.models.blocks import contrastive
 from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder
 from speechbs.models.blocks.transformer import TransformerEncoder
@@ -65,10 +66,7 @@ class HubertConfig(EncoderConfig):
 
     def frame_rate_hz(self) -> float:
         """Model frames per second (50 for the BASE conv stack at 16 kHz)."""
-        hop_samples = 1
-        for _, _, stride in self.conv_layers:
-            hop_samples *= stride
-        return self.sample_rate_hz / hop_samples
+        return frames.frame_rate_hz(self.conv_layers, self.sample_rate_hz)
 
 
 LARGE_SETTINGS = dict(conv_norm="layer", conv_bias=True, feature_grad_mult=1.0, embed_dim=1024,

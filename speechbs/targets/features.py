@@ -29,6 +29,7 @@ from speechbs.config import AudioConfig
 from speechbs.data.audio import load_audio
 from speechbs.data.manifest import Manifest
 from speechbs.errors import DataError, SpeechbsError
+from speechbs.models.frames import frame_rate_hz
 from speechbs.targets import mfcc
 
 
@@ -92,9 +93,9 @@ def layer_extractor(checkpoint: str | Path, layer: int, device: str | torch.devi
     if expected_sha1 and sha1 != expected_sha1:
         raise DataError(f"{checkpoint} is not the checkpoint the k-means model was fitted on (sha1 {sha1[:10]}, "
                         f"expected {expected_sha1[:10]}); pass the right one with --checkpoint")
-    stride = int(np.prod([spec[2] for spec in arch.conv_layers]))
     rate = cfg.audio.sample_rate_hz
-    spec = FeatureSpec(kind="layer", sample_rate_hz=rate, frame_rate_hz=rate / stride, dim=int(arch.embed_dim),
+    spec = FeatureSpec(kind="layer", sample_rate_hz=rate, frame_rate_hz=frame_rate_hz(arch.conv_layers, rate),
+                       dim=int(arch.embed_dim),
                        normalize=bool(cfg.audio.normalize), checkpoint=str(checkpoint), checkpoint_sha1=sha1,
                        layer=layer, description=f"{cfg.model.name} layer {layer} of {checkpoint}")
     return FeatureExtractor(spec, device, model)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 import pytest
+import torch
 
 from speechbs.models.blocks import counter_rng
 from speechbs.models.blocks.contrastive import contrastive_logits, contrastive_sum, diversity_fraction, diversity_share
-from speechbs.models.blocks.feature_encoder import (ConvFeatureEncoder, GradMultiply, conv_output_lengths,
-                                                    masked_channel_norm, receptive_field_samples)
+from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, GradMultiply, masked_channel_norm
 from speechbs.models.blocks.masking import sample_negatives, span_mask
 from speechbs.models.blocks.quantizer import GumbelQuantizer, perplexity
 from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
+from speechbs.models.frames import frame_rate_hz, hop_samples, num_frames, receptive_field_samples
 
 STACK = ((4, 10, 5),) + ((4, 3, 2),) * 4 + ((4, 2, 2),) * 2
 
@@ -22,8 +23,11 @@ def test_conv_frame_arithmetic_equals_actual_output_length() -> None:
     for num_samples in lengths:
         out_BCT, frames_B = enc(torch.randn(1, num_samples), torch.tensor([num_samples]))
         assert out_BCT.shape[2] == frames_B.item() == (num_samples - 400) // 320 + 1, num_samples
-    assert conv_output_lengths(torch.tensor([399, 0]), STACK).tolist() == [0, 0]
-    assert receptive_field_samples(STACK) == 400
+    assert num_frames(torch.tensor([399, 0]), STACK).tolist() == [0, 0]
+    assert receptive_field_samples(STACK) == 400 and hop_samples(STACK) == 320 and frame_rate_hz(STACK, 16_000) == 50
+    # ints and numpy arrays give what tensors give
+    assert [num_frames(n, STACK) for n in lengths] == num_frames(torch.tensor(lengths), STACK).tolist()
+    assert num_frames(np.asarray(lengths + [0, 399]), STACK).tolist() == [(n - 400) // 320 + 1 for n in lengths] + [0, 0]
 
 
 def test_masked_group_norm_is_group_norm_without_padding_and_ignores_padding() -> None:

@@ -12,7 +12,7 @@ Padding invariance: the first layer's group norm takes its statistics over
 the VALID time steps of each utterance only, so a row gives the same output
 whatever padding its micro-batch adds. Without padding this is nn.GroupNorm
 (up to float rounding). Every later value at a valid frame depends on valid
-input samples only (the frame-length arithmetic below guarantees it).
+input samples only (the frame-length arithmetic of ``models/frames.py`` guarantees it).
 """
 
 from __future__ import annotations
@@ -23,25 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ConvSpec = tuple[int, int, int]
-"""(out_channels, kernel_samples, stride_samples) of one conv layer."""
-
-
-def conv_output_lengths(lengths_B: torch.Tensor, conv_layers: Sequence[ConvSpec]) -> torch.Tensor:
-    """Valid output frames of the conv stack for inputs of ``lengths_B`` samples (0 if too short)."""
-    for _, kernel, stride in conv_layers:
-        lengths_B = torch.div(lengths_B - kernel, stride, rounding_mode="floor") + 1
-        lengths_B = lengths_B.clamp(min=0)
-    return lengths_B
-
-
-def receptive_field_samples(conv_layers: Sequence[ConvSpec]) -> int:
-    """Shortest input that yields one frame (400 samples for the wav2vec 2.0 stack)."""
-    field = 1
-    for _, kernel, stride in reversed(conv_layers):
-        field = (field - 1) * stride + kernel
-    return field
-
+from speechbs.models.frames import ConvSpec, num_frames
 
 class GradMultiply(torch.autograd.Function):
     """Identity forward, gradient times ``scale`` backward (fairseq ``GradMultiply``).
@@ -133,6 +115,6 @@ class ConvFeatureEncoder(nn.Module):
     def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_BCT = wav_BT.unsqueeze(1)
         for layer, spec in zip(self.conv_layers, self.specs):
-            lengths_B = conv_output_lengths(lengths_B, [spec])  # type: ignore[list-item]
+            lengths_B = num_frames(lengths_B, [spec])  # type: ignore[list-item]
             x_BCT = layer(x_BCT, lengths_B)
         return x_BCT, lengths_B
