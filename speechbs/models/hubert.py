@@ -36,7 +36,29 @@ from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder
 from speechbs.models.blocks.transformer import TransformerEncoder
 from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput
 from speechbs.models.wav2vec2 import Wav2Vec2Model
-from speechbs.targets.labels import ClusterTargets
+
+
+@dataclass
+class ClusterTargets:
+    """The cluster labels of one micro-batch, cropped to the segments the planner chose.
+
+    Made by ``speechbs.targets.labels`` (the label files and their checks); defined here, with
+    the model that consumes it, so that models/ needs nothing from the data side.
+    """
+
+    labels_BL: torch.Tensor
+    """int64 cluster ids, padded with -1 after each row's length."""
+    lengths_B: torch.Tensor
+    """int64 label frames per row."""
+    label_rate_hz: float
+    """Label frames per second of audio (50 or 100 in HuBERT)."""
+    num_clusters: int
+    """K: ids are in [0, K)."""
+
+    def to(self, device: torch.device | str) -> ClusterTargets:
+        return ClusterTargets(self.labels_BL.to(device, non_blocking=True),
+                              self.lengths_B.to(device, non_blocking=True),
+                              self.label_rate_hz, self.num_clusters)
 
 
 @dataclass(kw_only=True)

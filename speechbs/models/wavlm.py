@@ -26,17 +26,15 @@ dropped and the others still get it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
 from speechbs.models.blocks.mixing import MixPartners, mix_utterances, mix_with_partners
 from speechbs.models.blocks.relpos import GatedRelativePositionBias
 from speechbs.models.blocks.transformer import TransformerEncoder
-from speechbs.models.hubert import LARGE_SETTINGS, TINY_SETTINGS, HubertConfig, HubertModel, HubertOutput
-
-if TYPE_CHECKING:  # the annotation only: HuBERT's forward defines what targets are
-    from speechbs.targets.labels import ClusterTargets
+from speechbs.models.hubert import (LARGE_SETTINGS, TINY_SETTINGS, ClusterTargets, HubertConfig, HubertModel,
+                                    HubertOutput)
 
 
 @dataclass(kw_only=True)
