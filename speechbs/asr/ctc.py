@@ -49,7 +49,8 @@ class CTCModel(nn.Module):
         ``freeze_finetune_updates``: only the classifier learns).
         """
         with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
-            out = self.encoder.encode(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed)
+            out = self.encoder.encode(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed,
+                                      return_layers=False)
         logits_BTV = self.head(self.final_dropout(out.features_BTC))
         return logits_BTV, out.frame_lengths_B
 
