@@ -92,10 +92,10 @@ def prepare_finetune(cfg: Any) -> tuple[Any, dict[str, torch.Tensor] | None]:
 
 
 def _speechbs_encoder(path: str) -> tuple[str, str, Any, dict[str, torch.Tensor]]:
-    from speechbs.models.encoder import load_pretrained
+    from speechbs.pretrained import load_encoder
 
     try:
-        model, init_cfg = load_pretrained(path)
+        model, init_cfg = load_encoder(path)
     except RuntimeError as exc:  # weights that do not fit the registry's model (e.g. a CTC checkpoint)
         raise ConfigError(f"finetune.init = {path!r} is not a pretrained encoder checkpoint: "
                           f"{str(exc).splitlines()[0]}") from None

@@ -38,13 +38,11 @@ No file I/O here: loading a checkpoint or a run directory is ``speechbs/pretrain
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from speechbs.errors import DataError
 from speechbs.models.blocks import counter_rng
 from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, GradMultiply
 from speechbs.models.blocks.masking import span_mask
@@ -275,27 +273,3 @@ class SpeechEncoder(nn.Module):
 def _valid(frame_lengths_B: torch.Tensor, num_frames: int) -> torch.Tensor:
     """True at the valid frames (B, T)."""
     return torch.arange(num_frames, device=frame_lengths_B.device).view(1, -1) < frame_lengths_B.view(-1, 1)
-
-
-def load_pretrained(path: str | Path) -> tuple[nn.Module, Any]:
-    """The model of a speechbs checkpoint (on the CPU, in eval mode) and the config it was trained with.
-
-    ``path`` is a checkpoint file or a run directory (its latest checkpoint).
-    """
-    from speechbs.checkpoint import latest_checkpoint, load_checkpoint
-    from speechbs.configio import config_from_toml
-    from speechbs.models.registry import MODELS
-
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise DataError(f"{path} is a directory without checkpoints (expected {path}/checkpoints/step_*.pt)")
-        path = found
-    ckpt = load_checkpoint(path)
-    if "config_toml" not in ckpt or "model" not in ckpt:
-        raise DataError(f"checkpoint {path} has no saved config or model weights; is it a speechbs checkpoint?")
-    cfg = config_from_toml(ckpt["config_toml"], source=f"config saved in {path}")
-    model = MODELS[cfg.model.name].model_cls(cfg.model.arch)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg

@@ -19,7 +19,7 @@ import torch
 from speechbs.asr.ctc import load_ctc_checkpoint
 from speechbs.configio import load_config
 from speechbs.finetune import prepare_finetune
-from speechbs.models.encoder import load_pretrained
+from speechbs.pretrained import load_encoder
 from speechbs.targets.labels import ClusterTargets
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "old_checkpoints"
@@ -40,7 +40,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
 def test_old_pretraining_checkpoint_loads_strictly_and_reproduces_its_outputs(family: str) -> None:
     want = torch.load(FIXTURES / f"{family}.expected.pt", weights_only=True)
-    model, cfg = load_pretrained(FIXTURES / f"{family}.pt")  # load_state_dict is strict: same key set
+    model, cfg = load_encoder(FIXTURES / f"{family}.pt")  # load_state_dict is strict: same key set
     assert cfg.model.name == family and not model.training
     wav_BT, lengths_B, seeds_B = want["wav_BT"], want["lengths_B"], want["seeds_B"]
     with torch.no_grad():
