@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from speechbs.models.blocks import counter_rng
-from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, GradMultiply
+from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, GradMultiply, no_row_padded
 from speechbs.models.blocks.masking import span_mask
 from speechbs.models.blocks.relpos import GatedRelativePositionBias
 from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
@@ -252,7 +252,8 @@ class SpeechEncoder(nn.Module):
             if channel_BC is not None:
                 x_BTC = x_BTC.masked_fill(channel_BC.unsqueeze(1), 0.0)
         padding_BT = ~_valid(frame_lengths_B, num_frames)
-        out = self.encoder(x_BTC, padding_BT, layerdrop_seed=layerdrop_seed, return_layers=return_layers)
+        out = self.encoder(x_BTC, padding_BT, layerdrop_seed=layerdrop_seed, return_layers=return_layers,
+                           unpadded=no_row_padded(frame_lengths_B, num_frames))
         return EncoderOutput(out.x_BTC, padding_BT, frame_lengths_B, out.layer_outputs, mask_BT)
 
     def encode(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor | None = None,
