@@ -13,7 +13,18 @@ S seconds of random audio, in this process, one implementation after the other
   transformers ``HubertModel``, torchaudio ``wav2vec2_model``: the same conv
   feature encoder + transformer) with the same mean-square loss on its output.
 
-Each row is one (model, size, precision, compile) setting. ``--precision bf16``
+- ``--kind encoder``: the encoder alone, on the same weights: speechbs ``encode``
+  (:class:`~speechbs.models.encoder.SpeechEncoder`, the one encoder of every family) against
+  transformers' bare ``Wav2Vec2Model`` / ``HubertModel`` whose weights were copied into it
+  through ``speechbs.models.convert`` (the row records the largest output difference),
+  forward + backward of the summed last hidden state, no optimizer, dropout off (eval mode),
+  rows of equal length.
+
+Each row is one (kind, model, size, precision, compile) setting. The sides take turns in
+every repeat, in alternating order (ABBA), so a drift of the machine's load hits both alike;
+besides the ratio of the medians, each row gives the median and quartiles of the per-repeat
+ratios (reference time / speechbs time of the same repeat): their spread is the noise of a
+shared machine. ``--precision bf16``
 runs every side under the bf16 autocast of speechbs training; ``--compile on``
 compiles speechbs' model as training does (``speechbs.train.compile``: the conv
 feature encoder and each transformer layer, in place) and wraps each reference's
@@ -24,7 +35,8 @@ between two synchronizations. "TFLOP/s" is speechbs' model FLOPs per step
 step time; MFU divides that by the device's dense peak for the precision
 (``--peak-tflops`` overrides the built-in table of NVIDIA data-center GPUs).
 
-Usage: python bench/throughput.py [--sizes tiny base] [--models wav2vec2 hubert] [--device cpu|cuda]
+Usage: python bench/throughput.py [--kind step encoder] [--sizes tiny small base] [--models wav2vec2 hubert]
+       [--device cpu|cuda]
        [--precision fp32 bf16] [--compile off on] [--against transformers torchaudio]
        [--batch 4] [--seconds 4] [--repeats 5] [--peak-tflops X] [--json out.json]
 """
@@ -50,9 +62,14 @@ from speechbs.train.compile import compile_model, eager
 from speechbs.train.step import precision_context
 
 RATE_HZ = 16_000
-TINY = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192,
-            conv_dim=(64,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-            codevector_dim=64, proj_codevector_dim=64, num_codevectors_per_group=32)
+SIZES = {
+    "tiny": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192,
+                 conv_dim=(64,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                 codevector_dim=64, proj_codevector_dim=64, num_codevectors_per_group=32),
+    # BASE's conv stack (512 channels) under a 4 x 256 transformer.
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": {},
+}
 # Dropout and layer drop off on every side: the comparison is of the computation, not of RNG use.
 COMMON = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
               feat_quantizer_dropout=0.0, layerdrop=0.0, mask_time_prob=0.65, mask_time_length=10,
@@ -92,6 +109,8 @@ class Contenders:
     """speechbs' forward + backward without the optimizer: what the FLOP counter runs (eagerly)."""
     references: dict[str, Step] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    checks: dict[str, float] = field(default_factory=dict)
+    """What the row checked before timing (``max_abs_diff``: the encoders' outputs on the timed input)."""
 
 
 def compile_ours(model: torch.nn.Module, setting: Setting) -> torch.nn.Module:
@@ -109,7 +128,7 @@ def hf_config(kind: str, size: str):
     from transformers import HubertConfig, Wav2Vec2Config
 
     cls = Wav2Vec2Config if kind == "wav2vec2" else HubertConfig
-    return cls(**COMMON, **(TINY if size == "tiny" else {}))
+    return cls(**COMMON, **SIZES[size])
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
@@ -156,6 +175,17 @@ def wav2vec2_contenders(size: str, setting: Setting, against: list[str]) -> Cont
     return contenders
 
 
+class Encode(torch.nn.Module):
+    """A module around ``encode`` (last layer only): one forward, as the references have."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(wav, lengths, return_layers=False).features_BTC
+
+
 def torchaudio_encoder(cfg) -> torch.nn.Module:
     """torchaudio's ``wav2vec2_model`` (the encoder HuBERT shares) built from a transformers config."""
     from torchaudio.models import wav2vec2_model
@@ -181,14 +211,6 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
     hf, ours = hf.to(setting.device), ours.to(setting.device)
     wav_BT, lengths_B = setting.audio()
     opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), lr=1e-5), torch.optim.AdamW(hf.parameters(), lr=1e-5)
-
-    class Encode(torch.nn.Module):  # a module around ``encode``: one forward, as the references have
-        def __init__(self, model: HubertModel) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-            return self.model.encode(wav, lengths).features_BTC
 
     run_ours, run_hf = Encode(compile_ours(ours, setting)), compile_reference(hf, setting)
 
@@ -221,6 +243,53 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
 
         contenders.references[name] = step_ta
     return contenders
+
+
+def encoder_contenders(kind: str, size: str, setting: Setting, against: list[str]) -> Contenders:
+    """speechbs ``encode`` against transformers' bare encoder with the same weights: forward + backward of the
+    summed last hidden state (no optimizer), both in eval mode (no dropout, no masking)."""
+    import transformers
+
+    cfg = hf_config(kind, size)
+    hf_cls, ours_cls = ((transformers.Wav2Vec2Model, Wav2Vec2Model) if kind == "wav2vec2"
+                        else (transformers.HubertModel, HubertModel))
+    hf = hf_cls(cfg).eval()
+    ours_cfg, state = (convert.from_hf_wav2vec2 if kind == "wav2vec2" else convert.from_hf_hubert)(hf.state_dict(), cfg)
+    ours = ours_cls(ours_cfg).eval()
+    missing, unexpected = ours.load_state_dict(state, strict=False)  # the bare encoder has no pretraining heads
+    assert not unexpected and all(key.split(".")[0] in ours.heads for key in missing), (missing, unexpected)
+    hf, ours = hf.to(setting.device), ours.to(setting.device)
+    wav_BT, lengths_B = setting.audio()
+    run_ours, run_hf = Encode(compile_ours(ours, setting)), compile_reference(hf, setting)
+    with torch.no_grad(), setting.autocast():
+        diff = (run_ours(wav_BT, lengths_B).float() - run_hf(wav_BT).last_hidden_state.float()).abs().max()
+
+    def fwd_bwd_ours(model: torch.nn.Module) -> None:
+        ours.zero_grad(set_to_none=True)
+        with setting.autocast():
+            out_BTC = model(wav_BT, lengths_B)
+        out_BTC.float().sum().backward()
+
+    def step_hf() -> None:
+        hf.zero_grad(set_to_none=True)
+        with setting.autocast():
+            out_BTC = run_hf(wav_BT).last_hidden_state
+        out_BTC.float().sum().backward()
+
+    contenders = Contenders(ours=lambda: fwd_bwd_ours(run_ours), ours_flops_step=lambda: fwd_bwd_ours(Encode(ours)),
+                            checks={"max_abs_diff": float(diff)})
+    for name in against:
+        if name == "transformers":
+            contenders.references[name] = step_hf
+        else:
+            contenders.skipped[name] = "transformers' weights only (--kind step compares torchaudio)"
+    return contenders
+
+
+def contenders_of(kind: str, model: str) -> Callable[[str, Setting, list[str]], Contenders]:
+    if kind == "encoder":
+        return lambda size, setting, against: encoder_contenders(model, size, setting, against)
+    return wav2vec2_contenders if model == "wav2vec2" else hubert_contenders
 
 
 def timed(step: Step, device: torch.device) -> float:
@@ -265,11 +334,22 @@ def measure_row(make: Callable[[], Contenders], setting: Setting, repeats: int, 
     with eager():  # the counter sees operators only when they run one by one
         flops = model_flops(contenders.ours_flops_step)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):  # alternate, so drifts in machine load hit every side alike
-        for name, step in steps.items():
-            times[name].append(timed(step, setting.device))
-    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "warmup_s": warm_s,
-            "skipped": contenders.skipped, "flops": flops}
+    order = list(steps)
+    for i in range(repeats):  # take turns, in alternating order, so drifts in machine load hit every side alike
+        for name in order if i % 2 == 0 else order[::-1]:
+            times[name].append(timed(steps[name], setting.device))
+    ratios = {name: paired_ratios(times[name], times["speechbs"]) for name in contenders.references}
+    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times, "ratios": ratios,
+            "warmup_s": warm_s, "skipped": contenders.skipped, "flops": flops, **contenders.checks}
+
+
+def paired_ratios(reference_s: list[float], ours_s: list[float]) -> dict[str, float]:
+    """Median and quartiles of reference / speechbs time over the repeats (> 1: speechbs is faster)."""
+    ratios = sorted(r / o for r, o in zip(reference_s, ours_s))
+    if len(ratios) < 4:
+        return {"median": statistics.median(ratios), "q1": ratios[0], "q3": ratios[-1]}
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return {"median": median, "q1": q1, "q3": q3}
 
 
 def reference_version(package: str) -> str:
@@ -281,7 +361,10 @@ def reference_version(package: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
+    parser.add_argument("--kind", nargs="+", default=["step"], choices=["step", "encoder"],
+                        help="step: a training step (pretraining for wav2vec 2.0, the encoder for HuBERT); "
+                             "encoder: speechbs encode against transformers' encoder on copied weights, fwd + bwd")
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=list(SIZES))
     parser.add_argument("--models", nargs="+", default=["wav2vec2", "hubert"], choices=["wav2vec2", "hubert"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
@@ -302,22 +385,21 @@ def main(argv: list[str] | None = None) -> dict:
     samples = int(args.seconds * RATE_HZ)
     audio_s = args.batch * args.seconds
     rows = []
-    for size in args.sizes:
-        for model in args.models:
-            for precision in args.precision:
-                for mode in args.compile_modes:
-                    setting = Setting(device, precision, mode == "on", args.batch, samples)
-                    make = wav2vec2_contenders if model == "wav2vec2" else hubert_contenders
-                    row = {"model": model, "size": size, "precision": precision, "compile": mode}
-                    try:
-                        row |= measure_row(lambda: make(size, setting, args.against), setting, args.repeats, args.warmup)
-                    except Exception as err:  # one failing setting (say, compile without a compiler) keeps the table
-                        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
-                        traceback.print_exc()
-                    rows.append(row)
-                    print(progress_line(row, audio_s), flush=True)  # a run stopped by a time limit keeps these
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+    settings = [(kind, size, model, precision, mode) for kind in args.kind for size in args.sizes
+                for model in args.models for precision in args.precision for mode in args.compile_modes]
+    for kind, size, model, precision, mode in settings:
+            setting = Setting(device, precision, mode == "on", args.batch, samples)
+            make = contenders_of(kind, model)
+            row = {"kind": kind, "model": model, "size": size, "precision": precision, "compile": mode}
+            try:
+                row |= measure_row(lambda: make(size, setting, args.against), setting, args.repeats, args.warmup)
+            except Exception as err:  # one failing setting (say, compile without a compiler) keeps the table
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+                traceback.print_exc()
+            rows.append(row)
+            print(progress_line(row, audio_s), flush=True)  # a run stopped by a time limit keeps these
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     info = {**environment(device), "transformers": reference_version("transformers")}
     print(f"{args.batch} x {args.seconds:g} s per step; {info['device_name']}, {info['threads']} threads, "
           f"torch {info['torch']}, transformers {info['transformers']}, {info['date']}\n")
@@ -329,8 +411,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def what_is_timed(row: dict) -> str:
+    if row.get("kind") == "encoder":
+        return "encoder fwd+bwd"
+    return "pretraining step" if row["model"] == "wav2vec2" else "encoder fwd+bwd+step"
+
+
 def progress_line(row: dict, audio_s: float) -> str:
-    what = f"{row['model']} {row['size']} {row['precision']} compile {row['compile']}"
+    what = f"{row['model']} {row['size']} {what_is_timed(row)} {row['precision']} compile {row['compile']}"
     if "error" in row:
         return f"{what}: failed: {row['error']}"
     return f"{what}: " + ", ".join(f"{name} {audio_s / t:.1f} audio-s/s" for name, t in row["median_s"].items())
@@ -341,12 +429,11 @@ def print_table(rows: list[dict], against: list[str], audio_s: float, device: to
     header = ["model", "size", "what is timed", "precision", "compile", "speechbs audio-s/s"]
     for name in against:
         header += [f"{name} audio-s/s", f"vs {name}"]
-    header += ["speechbs TFLOP/s", "MFU", "compile/warm-up s"]
+    header += ["speechbs TFLOP/s", "MFU", "compile/warm-up s", "max abs diff"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        what = "pretraining step" if r["model"] == "wav2vec2" else "encoder fwd+bwd+step"
-        cells = [r["model"], r["size"], what, r["precision"], r["compile"]]
+        cells = [r["model"], r["size"], what_is_timed(r), r["precision"], r["compile"]]
         if "error" in r:
             print("| " + " | ".join(cells + [f"failed: {r['error']}"] + [""] * (len(header) - len(cells) - 1)) + " |")
             continue
@@ -354,13 +441,15 @@ def print_table(rows: list[dict], against: list[str], audio_s: float, device: to
         cells.append(f"{audio_s / t['speechbs']:.1f}")
         for name in against:
             if name in t:
-                cells += [f"{audio_s / t[name]:.1f}", f"{t[name] / t['speechbs']:.2f}x"]
+                paired = r["ratios"][name]  # per-repeat ratios: their quartiles are the spread
+                cells += [f"{audio_s / t[name]:.1f}", f"{t[name] / t['speechbs']:.2f}x "
+                          f"(per repeat {paired['median']:.2f}x, {paired['q1']:.2f}-{paired['q3']:.2f})"]
             else:
                 cells += [r["skipped"].get(name, "-"), "-"]
         tflops = r["flops"] / t["speechbs"] / 1e12
         peak = peak_tflops(device, r["precision"], peak_override)
         cells += [f"{tflops:.3g}", f"{100 * tflops / peak:.1f}%" if peak else "-",
-                  f"{r['warmup_s']['speechbs']:.1f}"]
+                  f"{r['warmup_s']['speechbs']:.1f}", f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -37,6 +37,7 @@ from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import letters_to_words, read_manifest, words_to_letters
 from speechbs.dist import DistContext, distributed
 from speechbs.errors import ConfigError, DataError
+from speechbs.models.frames import num_frames
 from speechbs.pretrain import utterance_seeds
 from speechbs.rundir import run_dir_of
 from speechbs.textio import read_lines
@@ -95,10 +96,10 @@ def prepare_finetune(cfg: Any) -> tuple[Any, dict[str, torch.Tensor] | None]:
 
 
 def _speechbs_encoder(path: str) -> tuple[str, str, Any, dict[str, torch.Tensor]]:
-    from speechbs.models.encoder import load_pretrained
+    from speechbs.pretrained import load_encoder
 
     try:
-        model, init_cfg = load_pretrained(path)
+        model, init_cfg = load_encoder(path)
     except RuntimeError as exc:  # weights that do not fit the registry's model (e.g. a CTC checkpoint)
         raise ConfigError(f"finetune.init = {path!r} is not a pretrained encoder checkpoint: "
                           f"{str(exc).splitlines()[0]}") from None
@@ -135,10 +136,7 @@ def frames_of(arch: Any, num_samples: np.ndarray) -> np.ndarray | None:
     """Encoder frames per utterance from the conv arithmetic (None when the arch has no conv stack)."""
     if not hasattr(arch, "conv_layers"):
         return None
-    frames = np.asarray(num_samples, dtype=np.int64)
-    for _, kernel, stride in arch.conv_layers:
-        frames = np.maximum((frames - kernel) // stride + 1, 0)
-    return frames
+    return num_frames(np.asarray(num_samples, dtype=np.int64), arch.conv_layers)
 
 
 def label_report(targets: LetterTargets, frames: np.ndarray | None) -> dict[str, int]:

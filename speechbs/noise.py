@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from speechbs.atomic import write_text
-from speechbs.checkpoint import latest_checkpoint, load_checkpoint
-from speechbs.configio import config_from_toml, toml_str
+from speechbs.configio import toml_str
 from speechbs.data.loader import build_planner, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext, distributed
 from speechbs.errors import ConfigError, DataError, PlanError
+from speechbs.pretrained import read_checkpoint
 
 EXPECTED_STD_PER_DOUBLING = 2**-0.5
 """At a fixed state the std of a batch-mean gradient falls by this factor per doubling of the batch."""
@@ -61,19 +61,6 @@ def parse_batches(text: str) -> list[float]:
     return sorted(batches)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the latest checkpoint of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise DataError(f"{path} is a directory without checkpoints (expected {path}/checkpoints/step_*.pt)")
-        return found
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
-    return path
-
-
 def main(args: argparse.Namespace) -> int:
     from speechbs.pretrain import build_pretrain_task
     from speechbs.train.fixed_noise import measure_gradients, std_per_doubling, summarize
@@ -86,12 +73,9 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory for noise.json and noise.png")
     manifest = read_manifest(args.manifest)
-    path = resolve_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(path)
-    if "config_toml" not in ckpt or "model" not in ckpt:
-        raise DataError(f"checkpoint {path} has no saved config or model weights; is it a speechbs checkpoint?")
     sets = [f"data.train_manifest={toml_str(args.manifest)}", 'data.valid_manifest=""', *args.overrides]
-    cfg = config_from_toml(ckpt["config_toml"], source=f"config saved in {path}", overrides=sets)
+    saved = read_checkpoint(args.checkpoint, overrides=sets)
+    path, ckpt, cfg = saved.path, saved.checkpoint, saved.config
     step = int(ckpt.get("step", 0))
 
     with distributed(args.backend) as ctx:

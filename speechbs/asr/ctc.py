@@ -49,7 +49,8 @@ class CTCModel(nn.Module):
         ``freeze_finetune_updates``: only the classifier learns).
         """
         with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
-            out = self.encoder.encode(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed)
+            out = self.encoder.encode(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed,
+                                      return_layers=False)
         logits_BTV = self.head(self.final_dropout(out.features_BTC))
         return logits_BTV, out.frame_lengths_B
 
@@ -124,38 +125,27 @@ def greedy_ids(logits_BTV: torch.Tensor, frame_lengths_B: torch.Tensor) -> list[
 
 def build_ctc_model(cfg, vocab: Vocab) -> CTCModel:
     """A CTC model for ``cfg`` (its ``model`` section is the encoder), randomly initialized."""
-    from speechbs.models.registry import MODELS
+    from speechbs.pretrained import build_model
 
-    encoder = MODELS[cfg.model.name].model_cls(cfg.model.arch)
+    encoder = build_model(cfg.model)
     return CTCModel(encoder, cfg.model.arch.embed_dim, vocab, cfg.finetune.final_dropout)
 
 
 def load_ctc_checkpoint(path) -> tuple[CTCModel, object, dict]:
     """(model in eval mode on the CPU, config, checkpoint dict) of a fine-tuning checkpoint or run dir.
 
-    A run directory gives its ``checkpoints/best.pt`` (lowest validation WER)
-    when there is one, else its latest checkpoint.
+    A run directory means its ``checkpoints/best.pt`` (lowest validation WER) when its index
+    records one, else its latest checkpoint (:func:`speechbs.pretrained.resolve_checkpoint`).
     """
-    from pathlib import Path
-
-    from speechbs.checkpoint import BEST, latest_checkpoint, load_checkpoint
-    from speechbs.configio import config_from_toml
     from speechbs.errors import DataError
+    from speechbs.pretrained import read_checkpoint
 
-    path = Path(path)
-    if path.is_dir():
-        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else latest_checkpoint(ckpt_dir)
-        if found is None:
-            raise DataError(f"{path} holds no checkpoints (expected {ckpt_dir}/best.pt or step_*.pt)")
-        path = found
-    ckpt = load_checkpoint(path)
-    state = ckpt.get("model", {})
-    if "vocab_utf8" not in state or "config_toml" not in ckpt:
-        raise DataError(f"{path} is not a fine-tuned CTC checkpoint (no vocabulary in its weights); "
+    saved = read_checkpoint(path)
+    state = saved.checkpoint["model"]
+    if "vocab_utf8" not in state:
+        raise DataError(f"{saved.path} is not a fine-tuned CTC checkpoint (no vocabulary in its weights); "
                         f"fine-tune it first with `speechbs finetune RECIPE --set finetune.init={path}`")
-    cfg = config_from_toml(ckpt["config_toml"], source=f"config saved in {path}")
-    model = build_ctc_model(cfg, Vocab.from_tensor(state["vocab_utf8"]))
+    model = build_ctc_model(saved.config, Vocab.from_tensor(state["vocab_utf8"]))
     model.load_state_dict(state)
-    ckpt["path"] = str(path)
-    return model.eval(), cfg, ckpt
+    saved.checkpoint["path"] = str(saved.path)
+    return model.eval(), saved.config, saved.checkpoint

@@ -3,8 +3,8 @@
 Legend: B utterances, T samples (wav) or frames, L label frames, C channels,
 N labelled frames scored, K clusters.
 
-The feature encoder, masking and transformer are wav2vec 2.0's blocks (the
-encode path is ``Wav2Vec2Model``'s, shared verbatim). The task (fairseq
+The feature encoder, masking and transformer are the shared encoder's
+(``encoder.py``: ``HubertModel`` is a ``SpeechEncoder`` with two heads). The task (fairseq
 ``hubert.py`` + ``hubert_criterion.py``): the transformer output of each frame
 is projected (``final_proj``) and scored against one learned embedding per
 cluster by cosine similarity / temperature; cross-entropy against the frame's
@@ -30,12 +30,32 @@ from torch import nn
 from torch.nn import functional as F
 
 from speechbs.errors import ConfigError
+from speechbs.models import frames
 from speechbs.models.blocks import contrastive
-from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder
-from speechbs.models.blocks.transformer import TransformerEncoder
-from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput
-from speechbs.models.wav2vec2 import Wav2Vec2Model
-from speechbs.targets.labels import ClusterTargets
+from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput, RelativePositionBuckets, SpeechEncoder
+
+
+@dataclass
+class ClusterTargets:
+    """The cluster labels of one micro-batch, cropped to the segments the planner chose.
+
+    Made by ``speechbs.targets.labels`` (the label files and their checks); defined here, with
+    the model that consumes it, so that models/ needs nothing from the data side.
+    """
+
+    labels_BL: torch.Tensor
+    """int64 cluster ids, padded with -1 after each row's length."""
+    lengths_B: torch.Tensor
+    """int64 label frames per row."""
+    label_rate_hz: float
+    """Label frames per second of audio (50 or 100 in HuBERT)."""
+    num_clusters: int
+    """K: ids are in [0, K)."""
+
+    def to(self, device: torch.device | str) -> ClusterTargets:
+        return ClusterTargets(self.labels_BL.to(device, non_blocking=True),
+                              self.lengths_B.to(device, non_blocking=True),
+                              self.label_rate_hz, self.num_clusters)
 
 
 @dataclass(kw_only=True)
@@ -65,10 +85,7 @@ class HubertConfig(EncoderConfig):
 
     def frame_rate_hz(self) -> float:
         """Model frames per second (50 for the BASE conv stack at 16 kHz)."""
-        hop_samples = 1
-        for _, _, stride in self.conv_layers:
-            hop_samples *= stride
-        return self.sample_rate_hz / hop_samples
+        return frames.frame_rate_hz(self.conv_layers, self.sample_rate_hz)
 
 
 LARGE_SETTINGS = dict(conv_norm="layer", conv_bias=True, feature_grad_mult=1.0, embed_dim=1024,
@@ -181,33 +198,17 @@ def cluster_logits(proj_NC: torch.Tensor, embs_KC: torch.Tensor, temperature: fl
                 @ F.normalize(embs_KC.to(dtype), dim=-1, eps=1e-8).T) / temperature
 
 
-class HubertModel(nn.Module):
-    """Feature encoder, masking, transformer and the masked-prediction heads."""
+class HubertModel(SpeechEncoder):
+    """The shared encoder (``encoder.py``) with the masked-prediction heads."""
 
-    def __init__(self, cfg: HubertConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        conv_dim = cfg.conv_layers[-1][0]
-        self.feature_encoder = ConvFeatureEncoder(cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
-        self.layer_norm = nn.LayerNorm(conv_dim, eps=cfg.layer_norm_eps)
-        self.post_extract_proj = nn.Linear(conv_dim, cfg.embed_dim)
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.mask_emb = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
-        self.encoder = self._make_encoder()
+    heads = ("final_proj", "label_embs")
+    cfg: HubertConfig
+
+    def __init__(self, cfg: HubertConfig, *, relative_position: RelativePositionBuckets | None = None) -> None:
+        """``relative_position``: the encoder option WavLM sets (``wavlm.py``); None for HuBERT."""
+        super().__init__(cfg, relative_position=relative_position)
         self.final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
         self.label_embs = nn.Parameter(torch.empty(cfg.num_clusters, cfg.final_dim).uniform_())
-
-    def _make_encoder(self) -> TransformerEncoder:
-        return TransformerEncoder(self.cfg.transformer_shape())
-
-    # The encoder path is wav2vec 2.0's: the same modules under the same names.
-    _features = Wav2Vec2Model._features
-    _masks = Wav2Vec2Model._masks
-    _apply_masks = Wav2Vec2Model._apply_masks
-    _check_lengths = Wav2Vec2Model._check_lengths
-    _valid = staticmethod(Wav2Vec2Model._valid)
-    _context = Wav2Vec2Model._context
-    encode = Wav2Vec2Model.encode
 
     def _check_targets(self, targets: ClusterTargets, batch_size: int) -> None:
         cfg = self.cfg
@@ -227,18 +228,16 @@ class HubertModel(nn.Module):
         ``seeds_B`` (int64, one per utterance) drives every random draw;
         ``mask_BT`` overrides the time mask (intersected with the labelled frames).
         """
-        self._check_lengths(wav_BT, lengths_B)
+        self.check_inputs(wav_BT, lengths_B)
         self._check_targets(targets, wav_BT.shape[0])
-        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
+        feats_BCT, frame_lengths_B = self.conv_features(wav_BT, lengths_B)
         num_frames = feats_BCT.shape[2]
         labels_BT, frame_lengths_B = align_labels(targets, frame_lengths_B, num_frames, self.cfg.frame_rate_hz())
         penalty_B = contrastive.feature_penalty_per_row(feats_BCT, frame_lengths_B)
-        x_BTC = self.dropout_input(self.post_extract_proj(self.layer_norm(feats_BCT.transpose(1, 2))))
-        drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
-        valid_BT = self._valid(frame_lengths_B, num_frames)
-        mask_BT = drawn_BT if mask_BT is None else mask_BT.to(torch.bool) & valid_BT
-        enc = self._context(self._apply_masks(x_BTC, mask_BT, channel_BC), frame_lengths_B,
-                            layerdrop_seed, return_layers)
+        enc = self.contextualize(self.local_features(feats_BCT), frame_lengths_B, seeds_B=seeds_B, mask_BT=mask_BT,
+                                 layerdrop_seed=layerdrop_seed, return_layers=return_layers)
+        mask_BT = enc.mask_BT
+        assert mask_BT is not None  # seeds_B were given: the masks were drawn
         labelled_BT = labels_BT >= 0
         b_N, t_N = labelled_BT.nonzero(as_tuple=True)
         logits_NK = cluster_logits(self.final_proj(enc.features_BTC[b_N, t_N]), self.label_embs,

@@ -31,11 +31,9 @@ import torch
 from torch import nn
 
 from speechbs.models.blocks import contrastive, counter_rng
-from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder, GradMultiply
-from speechbs.models.blocks.masking import sample_negatives, span_mask
+from speechbs.models.blocks.masking import sample_negatives
 from speechbs.models.blocks.quantizer import CodeUsage, GumbelQuantizer, QuantizerOutput
-from speechbs.models.blocks.transformer import TransformerEncoder
-from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput
+from speechbs.models.encoder import BASE_CONV, EncoderConfig, EncoderOutput, SpeechEncoder
 
 @dataclass(kw_only=True)
 class Wav2Vec2Config(EncoderConfig):
@@ -139,91 +137,18 @@ class Wav2Vec2Output:
     """Contrastive logits, positive first, for the masked frames in (row, frame) order."""
 
 
-class Wav2Vec2Model(nn.Module):
-    """Feature encoder, masking, transformer, quantizer and the heads of the contrastive task."""
+class Wav2Vec2Model(SpeechEncoder):
+    """The shared encoder (``encoder.py``) with the quantizer and the heads of the contrastive task."""
+
+    heads = ("quantizer", "project_q", "final_proj")
+    cfg: Wav2Vec2Config
 
     def __init__(self, cfg: Wav2Vec2Config) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         conv_dim = cfg.conv_layers[-1][0]
-        self.feature_encoder = ConvFeatureEncoder(cfg.conv_layers, cfg.conv_norm, cfg.conv_bias)
-        self.layer_norm = nn.LayerNorm(conv_dim, eps=cfg.layer_norm_eps)
-        self.post_extract_proj = nn.Linear(conv_dim, cfg.embed_dim)
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.mask_emb = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
-        self.encoder = TransformerEncoder(cfg.transformer_shape())
         self.quantizer = GumbelQuantizer(conv_dim, cfg.num_codebooks, cfg.codebook_size, cfg.codevector_dim)
         self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
         self.final_proj = nn.Linear(cfg.embed_dim, cfg.final_dim)
-
-    def _features(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv features (B, C, T) with the gradient scale, and their frame lengths."""
-        if self.cfg.feature_grad_mult <= 0.0:
-            with torch.no_grad():
-                feats_BCT, frame_lengths_B = self.feature_encoder(wav_BT, lengths_B)
-        else:
-            feats_BCT, frame_lengths_B = self.feature_encoder(wav_BT, lengths_B)
-            if self.cfg.feature_grad_mult != 1.0:
-                feats_BCT = GradMultiply.apply(feats_BCT, self.cfg.feature_grad_mult)
-        return feats_BCT, frame_lengths_B
-
-    def _masks(self, frame_lengths_B: torch.Tensor, num_frames: int,
-               seeds_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        mask_BT = span_mask(frame_lengths_B, num_frames, mask_prob=cfg.mask_prob, span=cfg.mask_length,
-                            min_spans=cfg.mask_min_spans, seeds_B=seeds_B,
-                            stream=counter_rng.STREAM_TIME_MASK)
-        full_B = torch.full_like(frame_lengths_B, cfg.embed_dim)
-        channel_BC = span_mask(full_B, cfg.embed_dim, mask_prob=cfg.mask_channel_prob,
-                               span=cfg.mask_channel_length, min_spans=cfg.mask_channel_min_spans,
-                               seeds_B=seeds_B, stream=counter_rng.STREAM_CHANNEL_MASK)
-        return mask_BT, channel_BC
-
-    def _apply_masks(self, x_BTC: torch.Tensor, mask_BT: torch.Tensor,
-                     channel_BC: torch.Tensor | None) -> torch.Tensor:
-        # Time mask first (learned embedding), then channels (zeros), as in fairseq's apply_mask.
-        x_BTC = torch.where(mask_BT.unsqueeze(-1), self.mask_emb.to(x_BTC.dtype), x_BTC)
-        if channel_BC is not None:
-            x_BTC = x_BTC.masked_fill(channel_BC.unsqueeze(1), 0.0)
-        return x_BTC
-
-    def _check_lengths(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> None:
-        # Shapes only: a length check would sync with the device; utterances shorter than the
-        # receptive field (400 samples) are refused by data validation (audio.min_seconds).
-        if wav_BT.dim() != 2 or lengths_B.shape != wav_BT.shape[:1]:
-            raise ValueError(f"expected wav_BT (B, T) and lengths_B (B,), got {tuple(wav_BT.shape)} "
-                             f"and {tuple(lengths_B.shape)}")
-
-    def encode(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor | None = None,
-               mask_BT: torch.Tensor | None = None, layerdrop_seed: int | None = None,
-               return_layers: bool = False) -> EncoderOutput:
-        """Fine-tuning / feature-extraction path: no quantizer.
-
-        Masks (time and channel) are applied when ``seeds_B`` or ``mask_BT`` is
-        given, as in fine-tuning; otherwise the input is unmasked.
-        """
-        self._check_lengths(wav_BT, lengths_B)
-        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
-        x_BTC = self.dropout_input(self.post_extract_proj(self.layer_norm(feats_BCT.transpose(1, 2))))
-        num_frames = x_BTC.shape[1]
-        channel_BC = None
-        if seeds_B is not None:
-            drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
-            mask_BT = drawn_BT if mask_BT is None else mask_BT
-        if mask_BT is not None:
-            x_BTC = self._apply_masks(x_BTC, mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames),
-                                      channel_BC)
-        return self._context(x_BTC, frame_lengths_B, layerdrop_seed, return_layers)
-
-    @staticmethod
-    def _valid(frame_lengths_B: torch.Tensor, num_frames: int) -> torch.Tensor:
-        return torch.arange(num_frames, device=frame_lengths_B.device).view(1, -1) < frame_lengths_B.view(-1, 1)
-
-    def _context(self, x_BTC: torch.Tensor, frame_lengths_B: torch.Tensor, layerdrop_seed: int | None,
-                 return_layers: bool) -> EncoderOutput:
-        padding_BT = ~self._valid(frame_lengths_B, x_BTC.shape[1])
-        out = self.encoder(x_BTC, padding_BT, layerdrop_seed=layerdrop_seed, return_layers=return_layers)
-        return EncoderOutput(out.x_BTC, padding_BT, frame_lengths_B, out.layer_outputs)
 
     def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
                 gumbel_temperature: float, mask_BT: torch.Tensor | None = None,
@@ -239,18 +164,18 @@ class Wav2Vec2Model(nn.Module):
         its micro-batches and ranks), for ``diversity_scope = "global"``; without
         it the diversity term is this micro-batch's own.
         """
-        self._check_lengths(wav_BT, lengths_B)
+        self.check_inputs(wav_BT, lengths_B)
         if step_usage is not None and self.cfg.diversity_scope != "global":
             raise ValueError("step_usage was given but model.diversity_scope is "
                              f"{self.cfg.diversity_scope!r}; it is used with 'global' only")
         cfg = self.cfg
-        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
+        feats_BCT, frame_lengths_B = self.conv_features(wav_BT, lengths_B)
         penalty_B = contrastive.feature_penalty_per_row(feats_BCT, frame_lengths_B)
-        feats_BTC = self.layer_norm(feats_BCT.transpose(1, 2))
-        x_BTC = self.dropout_input(self.post_extract_proj(feats_BTC))
-        mask_BT, channel_BC = self._pretraining_masks(frame_lengths_B, x_BTC.shape[1], seeds_B, mask_BT)
-        enc = self._context(self._apply_masks(x_BTC, mask_BT, channel_BC), frame_lengths_B,
-                            layerdrop_seed, return_layers)
+        feats_BTC = self.local_features(feats_BCT)
+        enc = self.contextualize(feats_BTC, frame_lengths_B, seeds_B=seeds_B, mask_BT=mask_BT,
+                                 layerdrop_seed=layerdrop_seed, return_layers=return_layers)
+        mask_BT = enc.mask_BT
+        assert mask_BT is not None  # seeds_B were given: the masks were drawn
 
         b_N, t_N = mask_BT.nonzero(as_tuple=True)
         pred_NC = self.final_proj(enc.features_BTC[b_N, t_N])
@@ -271,20 +196,12 @@ class Wav2Vec2Model(nn.Module):
         micro-batch of a step before the first backward. The same arguments as the
         forward give the same masks, dropout and Gumbel noise, so the same numbers.
         """
-        self._check_lengths(wav_BT, lengths_B)
-        feats_BCT, frame_lengths_B = self._features(wav_BT, lengths_B)
-        feats_BTC = self.layer_norm(feats_BCT.transpose(1, 2))
-        mask_BT, _ = self._pretraining_masks(frame_lengths_B, feats_BTC.shape[1], seeds_B, mask_BT)
+        self.check_inputs(wav_BT, lengths_B)
+        feats_BCT, frame_lengths_B = self.conv_features(wav_BT, lengths_B)
+        feats_BTC = self.local_features(feats_BCT)
+        mask_BT, _ = self.masks(frame_lengths_B, feats_BTC.shape[1], seeds_B, mask_BT)
         b_N, t_N = mask_BT.nonzero(as_tuple=True)
         return self._quantize(feats_BTC, b_N, t_N, seeds_B, gumbel_temperature).usage.detach()
-
-    def _pretraining_masks(self, frame_lengths_B: torch.Tensor, num_frames: int, seeds_B: torch.Tensor,
-                           mask_BT: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(time mask: drawn, or the caller's within the valid frames; channel mask)."""
-        drawn_BT, channel_BC = self._masks(frame_lengths_B, num_frames, seeds_B)
-        if mask_BT is None:
-            return drawn_BT, channel_BC
-        return mask_BT.to(torch.bool) & self._valid(frame_lengths_B, num_frames), channel_BC
 
     def _quantize(self, feats_BTC: torch.Tensor, b_N: torch.Tensor, t_N: torch.Tensor, seeds_B: torch.Tensor,
                   gumbel_temperature: float) -> QuantizerOutput:

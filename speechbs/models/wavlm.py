@@ -2,10 +2,11 @@
 
 Legend: B utterances, T samples.
 
-The task, heads, loss and encode path are HuBERT's (``hubert.py``). Two
-differences:
+The task, heads, loss and encode path are HuBERT's (``hubert.py``), on the shared
+encoder (``encoder.py``). Two differences:
 
-- the transformer adds WavLM's gated relative position bias to every layer's
+- the encoder is built with its ``relative_position`` option: the transformer adds
+  WavLM's gated relative position bias to every layer's
   attention scores (``blocks/relpos.py``; 320 buckets up to 800 frames as in
   the released checkpoints and transformers' ``WavLMConfig``; the class
   default in unilm's ``WavLM.py`` is 1280);
@@ -26,17 +27,14 @@ dropped and the others still get it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
 from speechbs.models.blocks.mixing import MixPartners, mix_utterances, mix_with_partners
-from speechbs.models.blocks.relpos import GatedRelativePositionBias
-from speechbs.models.blocks.transformer import TransformerEncoder
-from speechbs.models.hubert import LARGE_SETTINGS, TINY_SETTINGS, HubertConfig, HubertModel, HubertOutput
-
-if TYPE_CHECKING:  # the annotation only: HuBERT's forward defines what targets are
-    from speechbs.targets.labels import ClusterTargets
+from speechbs.models.encoder import RelativePositionBuckets
+from speechbs.models.hubert import (LARGE_SETTINGS, TINY_SETTINGS, ClusterTargets, HubertConfig, HubertModel,
+                                    HubertOutput)
 
 
 @dataclass(kw_only=True)
@@ -86,15 +84,12 @@ def tiny(**overrides) -> WavLMConfig:
 
 
 class WavLMModel(HubertModel):
-    """HuBERT with WavLM's attention bias and utterance mixing; same forward / encode / loss contract."""
+    """HuBERT on the encoder with relative position bias, its input mixed in training; same heads and loss."""
 
     cfg: WavLMConfig
 
-    def _make_encoder(self) -> TransformerEncoder:
-        cfg = self.cfg
-        bias = GatedRelativePositionBias(cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_buckets,
-                                         cfg.max_distance)
-        return TransformerEncoder(cfg.transformer_shape(), attention_bias=bias)
+    def __init__(self, cfg: WavLMConfig) -> None:
+        super().__init__(cfg, relative_position=RelativePositionBuckets(cfg.num_buckets, cfg.max_distance))
 
     def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor, *, seeds_B: torch.Tensor,
                 targets: ClusterTargets, layerdrop_seed: int | None = None, mask_BT: torch.Tensor | None = None,

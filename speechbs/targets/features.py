@@ -29,6 +29,7 @@ from speechbs.config import AudioConfig
 from speechbs.data.audio import load_audio
 from speechbs.data.manifest import Manifest
 from speechbs.errors import DataError, SpeechbsError
+from speechbs.models.frames import frame_rate_hz
 from speechbs.targets import mfcc
 
 
@@ -81,20 +82,20 @@ def mfcc_extractor(sample_rate_hz: int = 16_000, device: str | torch.device = "c
 def layer_extractor(checkpoint: str | Path, layer: int, device: str | torch.device = "cpu",
                     expected_sha1: str = "") -> FeatureExtractor:
     """Layer ``layer`` (1-based) of the speechbs checkpoint (file or run directory) at ``checkpoint``."""
-    from speechbs.models.encoder import load_pretrained
+    from speechbs.pretrained import load_encoder, resolve_checkpoint
 
-    model, cfg = load_pretrained(checkpoint)
+    model, cfg = load_encoder(checkpoint)
     arch = cfg.model.arch
     num_layers = int(getattr(arch, "num_layers"))
     if not 1 <= layer <= num_layers:
         raise SpeechbsError(f"--layer {layer} is not a layer of {checkpoint}: it has transformer layers 1..{num_layers}")
-    sha1 = file_sha1(_checkpoint_file(checkpoint))
+    sha1 = file_sha1(resolve_checkpoint(checkpoint))
     if expected_sha1 and sha1 != expected_sha1:
         raise DataError(f"{checkpoint} is not the checkpoint the k-means model was fitted on (sha1 {sha1[:10]}, "
                         f"expected {expected_sha1[:10]}); pass the right one with --checkpoint")
-    stride = int(np.prod([spec[2] for spec in arch.conv_layers]))
     rate = cfg.audio.sample_rate_hz
-    spec = FeatureSpec(kind="layer", sample_rate_hz=rate, frame_rate_hz=rate / stride, dim=int(arch.embed_dim),
+    spec = FeatureSpec(kind="layer", sample_rate_hz=rate, frame_rate_hz=frame_rate_hz(arch.conv_layers, rate),
+                       dim=int(arch.embed_dim),
                        normalize=bool(cfg.audio.normalize), checkpoint=str(checkpoint), checkpoint_sha1=sha1,
                        layer=layer, description=f"{cfg.model.name} layer {layer} of {checkpoint}")
     return FeatureExtractor(spec, device, model)
@@ -109,15 +110,6 @@ def extractor_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
         return layer_extractor(checkpoint or spec["checkpoint"], int(spec["layer"]), device,
                                expected_sha1=spec.get("checkpoint_sha1", ""))
     raise DataError(f"unknown feature kind {spec.get('kind')!r} in the k-means model")
-
-
-def _checkpoint_file(path: str | Path) -> Path:
-    from speechbs.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    if path.is_dir():
-        return latest_checkpoint(path / "checkpoints") or latest_checkpoint(path) or path
-    return path
 
 
 def file_sha1(path: Path) -> str:

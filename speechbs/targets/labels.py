@@ -36,26 +36,8 @@ from speechbs.atomic import write_text
 from speechbs.data.batching import Segment
 from speechbs.data.manifest import Manifest
 from speechbs.errors import DataError
+from speechbs.models.hubert import ClusterTargets  # the model's input type; labels are made here
 from speechbs.textio import read_text
-
-
-@dataclass
-class ClusterTargets:
-    """The cluster labels of one micro-batch, cropped to the segments the planner chose."""
-
-    labels_BL: torch.Tensor
-    """int64 cluster ids, padded with -1 after each row's length."""
-    lengths_B: torch.Tensor
-    """int64 label frames per row."""
-    label_rate_hz: float
-    """Label frames per second of audio (50 or 100 in HuBERT)."""
-    num_clusters: int
-    """K: ids are in [0, K)."""
-
-    def to(self, device: torch.device | str) -> "ClusterTargets":
-        return ClusterTargets(self.labels_BL.to(device, non_blocking=True),
-                              self.lengths_B.to(device, non_blocking=True),
-                              self.label_rate_hz, self.num_clusters)
 
 
 LENGTH_TOLERANCE_FRAMES = 3

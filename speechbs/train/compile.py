@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from speechbs.models.blocks.feature_encoder import ConvFeatureEncoder
-from speechbs.models.blocks.transformer import TransformerLayer
+from speechbs.models.blocks.transformer import TransformerEncoder, TransformerLayer
 
 REGIONS: tuple[type[nn.Module], ...] = (ConvFeatureEncoder, TransformerLayer)
 """The module types compiled: the parts of every speechbs model whose shapes are (B, T[, C])."""
@@ -94,6 +94,9 @@ def compile_model(model: nn.Module, *, num_lengths: int, backend: str = "inducto
     graphs_before = num_compiled_graphs()
     for _, module in regions:
         module.compile(backend=backend)
+    for module in model.modules():
+        if isinstance(module, TransformerEncoder):  # one input signature: the key mask even when nothing is padded
+            module.always_mask = True
     return CompiledRegions([name for name, _ in regions], graphs_before)
 
 

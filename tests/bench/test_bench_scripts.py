@@ -80,6 +80,19 @@ def test_throughput_times_each_side_and_counts_model_flops(tmp_path, capsys) -> 
     assert "| wav2vec2 | tiny | pretraining step | fp32 | off |" in capsys.readouterr().out
 
 
+def test_throughput_encoder_row_times_the_shared_encoder_against_transformers_on_copied_weights(tmp_path, capsys):
+    result = throughput.main(["--kind", "encoder", "--sizes", "tiny", "--batch", "1", "--seconds", "0.5",
+                              "--repeats", "2", "--warmup", "1", "--json", str(tmp_path / "enc.json")])
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"wav2vec2", "hubert"} and not any("error" in r for r in rows.values())
+    for row in rows.values():
+        assert row["kind"] == "encoder" and row["max_abs_diff"] < 1e-4  # the same weights give the same encoder
+        assert len(row["times_s"]["speechbs"]) == len(row["times_s"]["transformers"]) == 2
+        assert row["ratios"]["transformers"]["q1"] <= row["ratios"]["transformers"]["q3"]
+        assert row["flops"] > 1e8
+    assert "| hubert | tiny | encoder fwd+bwd | fp32 | off |" in capsys.readouterr().out
+
+
 def test_throughput_compiles_speechbs_as_training_does_and_counts_the_same_flops(monkeypatch) -> None:
     """--compile on goes through speechbs.train.compile (here with the tracing-only backend, for speed)."""
     from speechbs.train import compile as speechbs_compile

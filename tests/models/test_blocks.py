@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 import pytest
+import torch
 
 from speechbs.models.blocks import counter_rng
 from speechbs.models.blocks.contrastive import contrastive_logits, contrastive_sum, diversity_fraction, diversity_share
-from speechbs.models.blocks.feature_encoder import (ConvFeatureEncoder, GradMultiply, conv_output_lengths,
-                                                    masked_channel_norm, receptive_field_samples)
+from speechbs.models.blocks.feature_encoder import (ConvFeatureEncoder, GradMultiply, channel_norm, masked_channel_norm,
+                                                    no_row_padded)
 from speechbs.models.blocks.masking import sample_negatives, span_mask
 from speechbs.models.blocks.quantizer import GumbelQuantizer, perplexity
 from speechbs.models.blocks.transformer import TransformerEncoder, TransformerShape
+from speechbs.models.frames import frame_rate_hz, hop_samples, num_frames, receptive_field_samples
 
 STACK = ((4, 10, 5),) + ((4, 3, 2),) * 4 + ((4, 2, 2),) * 2
 
@@ -22,8 +24,11 @@ def test_conv_frame_arithmetic_equals_actual_output_length() -> None:
     for num_samples in lengths:
         out_BCT, frames_B = enc(torch.randn(1, num_samples), torch.tensor([num_samples]))
         assert out_BCT.shape[2] == frames_B.item() == (num_samples - 400) // 320 + 1, num_samples
-    assert conv_output_lengths(torch.tensor([399, 0]), STACK).tolist() == [0, 0]
-    assert receptive_field_samples(STACK) == 400
+    assert num_frames(torch.tensor([399, 0]), STACK).tolist() == [0, 0]
+    assert receptive_field_samples(STACK) == 400 and hop_samples(STACK) == 320 and frame_rate_hz(STACK, 16_000) == 50
+    # ints and numpy arrays give what tensors give
+    assert [num_frames(n, STACK) for n in lengths] == num_frames(torch.tensor(lengths), STACK).tolist()
+    assert num_frames(np.asarray(lengths + [0, 399]), STACK).tolist() == [(n - 400) // 320 + 1 for n in lengths] + [0, 0]
 
 
 def test_masked_group_norm_is_group_norm_without_padding_and_ignores_padding() -> None:
@@ -40,6 +45,31 @@ def test_masked_group_norm_is_group_norm_without_padding_and_ignores_padding() -
     padded = masked_channel_norm(garbage_BCT, torch.tensor([50, 30]), norm)
     alone = norm(x_BCT[1:, :, :30])
     torch.testing.assert_close(padded[1:, :, :30], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_the_fused_norm_runs_only_when_no_row_is_padded_and_equals_the_masked_one() -> None:
+    """The fast path (fused F.group_norm) is the masked norm, values and gradients, where it runs."""
+    norm = torch.nn.GroupNorm(6, 6).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    assert no_row_padded(torch.tensor([50, 50]), 50) and not no_row_padded(torch.tensor([50, 49]), 50)
+    assert not no_row_padded(torch.tensor([50, 50], device="meta"), 50)  # would read a device: never asked
+    x_BCT = (torch.randn(2, 6, 50, dtype=torch.float64) * 3 + 1).requires_grad_()
+    lengths_B = torch.tensor([50, 50])
+    fused, masked = channel_norm(x_BCT, lengths_B, norm), masked_channel_norm(x_BCT, lengths_B, norm)
+    torch.testing.assert_close(fused, masked, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(fused)
+    want = torch.autograd.grad(masked, [x_BCT, norm.weight], upstream)
+    got = torch.autograd.grad(fused, [x_BCT, norm.weight], upstream)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    # A padded batch takes the masked path: frames past a row's length do not matter.
+    garbage_BCT = x_BCT.detach().clone()
+    garbage_BCT[1, :, 30:] = 1e3
+    torch.testing.assert_close(channel_norm(garbage_BCT, torch.tensor([50, 30]), norm)[1, :, :30],
+                               channel_norm(x_BCT.detach()[1:, :, :30], torch.tensor([30]), norm)[0],
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_grad_multiply_scales_gradient_only() -> None:
@@ -284,3 +314,9 @@ def test_transformer_ignores_padding(pre_norm: bool) -> None:
     alone = enc(x_BTC[1:, :18], None)
     torch.testing.assert_close(out.x_BTC[1, :18], alone.x_BTC[0], rtol=1e-10, atol=1e-10)
     assert (out.x_BTC[1, 18:] == 0).all() and len(out.layer_outputs) == 6
+    # Told that nothing is padded, it drops the all-False mask: the same result (and, compiled, keeps it).
+    none_BT = torch.zeros(2, 30, dtype=torch.bool)
+    masked = enc(x_BTC, none_BT).x_BTC
+    torch.testing.assert_close(enc(x_BTC, none_BT, unpadded=True).x_BTC, masked, rtol=1e-12, atol=1e-12)
+    enc.always_mask = True
+    torch.testing.assert_close(enc(x_BTC, none_BT, unpadded=True).x_BTC, masked, rtol=0, atol=0)

@@ -99,6 +99,7 @@ def test_compiling_in_place_keeps_parameter_names_and_refuses_what_it_cannot_com
     regions = compile_model(model, num_lengths=2, backend="eager")
     assert list(model.state_dict()) == names and not any("_orig_mod" in n for n in names)
     assert regions.names == ["feature_encoder", "encoder.layers.0", "encoder.layers.1"]
+    assert model.encoder.always_mask  # the compiled layers get the key mask even when no row is padded
     assert torch._dynamo.config.recompile_limit >= graphs_per_region(2)
     with pytest.raises(ValueError, match="holds no ConvFeatureEncoder or TransformerLayer"):
         compile_model(torch.nn.Linear(2, 2), num_lengths=1)

@@ -11,8 +11,13 @@ channel after the FIRST layer only, i.e. each channel is normalized over time.
 Padding invariance: the first layer's group norm takes its statistics over
 the VALID time steps of each utterance only, so a row gives the same output
 whatever padding its micro-batch adds. Without padding this is nn.GroupNorm
-(up to float rounding). Every later value at a valid frame depends on valid
-input samples only (the frame-length arithmetic below guarantees it).
+(up to float rounding), and when no row of the micro-batch is padded and that is
+known without a device sync (:func:`no_row_padded`) the fused ``F.group_norm``
+runs instead: the masked statistics cost three elementwise passes and autograd's
+backward through them about eight, where the fused kernel takes two and one
+(measured in docs/benchmarks.md). Every later value at a valid frame depends on
+valid input samples only (the frame-length arithmetic of ``models/frames.py``
+guarantees it).
 """
 
 from __future__ import annotations
@@ -23,25 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ConvSpec = tuple[int, int, int]
-"""(out_channels, kernel_samples, stride_samples) of one conv layer."""
-
-
-def conv_output_lengths(lengths_B: torch.Tensor, conv_layers: Sequence[ConvSpec]) -> torch.Tensor:
-    """Valid output frames of the conv stack for inputs of ``lengths_B`` samples (0 if too short)."""
-    for _, kernel, stride in conv_layers:
-        lengths_B = torch.div(lengths_B - kernel, stride, rounding_mode="floor") + 1
-        lengths_B = lengths_B.clamp(min=0)
-    return lengths_B
-
-
-def receptive_field_samples(conv_layers: Sequence[ConvSpec]) -> int:
-    """Shortest input that yields one frame (400 samples for the wav2vec 2.0 stack)."""
-    field = 1
-    for _, kernel, stride in reversed(conv_layers):
-        field = (field - 1) * stride + kernel
-    return field
-
+from speechbs.models.frames import ConvSpec, num_frames
 
 class GradMultiply(torch.autograd.Function):
     """Identity forward, gradient times ``scale`` backward (fairseq ``GradMultiply``).
@@ -63,6 +50,28 @@ class GradMultiply(torch.autograd.Function):
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     """fp32 for half/bf16 inputs (fairseq's Fp32GroupNorm/Fp32LayerNorm), else the input's dtype."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def no_row_padded(lengths_B: torch.Tensor, num_steps: int) -> bool:
+    """True when every row is valid over all ``num_steps``, if that is known for free; else False.
+
+    Free means on the CPU (reading ``lengths_B`` does not wait for a device) and outside
+    ``torch.compile`` (a data-dependent branch would break the compiled graph; compiled runs
+    pad to a few lengths anyway). Where it is False the padding-aware path runs, which is
+    exact for any padding, so the answer only ever chooses the faster of two equal paths.
+    """
+    if lengths_B.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool((lengths_B >= num_steps).all())
+
+
+def channel_norm(x_BCT: torch.Tensor, lengths_B: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm(C groups, C channels) over each row's valid frames, in >= fp32: fused when no row is padded."""
+    if no_row_padded(lengths_B, x_BCT.shape[2]):
+        dtype = _stats_dtype(x_BCT)
+        return F.group_norm(x_BCT.to(dtype), norm.num_groups, norm.weight.to(dtype), norm.bias.to(dtype),
+                            norm.eps).to(x_BCT.dtype)
+    return masked_channel_norm(x_BCT, lengths_B, norm)
 
 
 def masked_channel_norm(x_BCT: torch.Tensor, lengths_B: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -104,7 +113,7 @@ class ConvLayer(nn.Module):
     def forward(self, x_BCT: torch.Tensor, out_lengths_B: torch.Tensor) -> torch.Tensor:
         x_BCT = self.conv(x_BCT)
         if self.norm_kind == "group":
-            x_BCT = masked_channel_norm(x_BCT, out_lengths_B, self.norm)  # type: ignore[arg-type]
+            x_BCT = channel_norm(x_BCT, out_lengths_B, self.norm)  # type: ignore[arg-type]
         elif self.norm_kind == "layer":
             # fp32 statistics like fairseq's Fp32LayerNorm, also under autocast.
             ln = self.norm
@@ -133,6 +142,6 @@ class ConvFeatureEncoder(nn.Module):
     def forward(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_BCT = wav_BT.unsqueeze(1)
         for layer, spec in zip(self.conv_layers, self.specs):
-            lengths_B = conv_output_lengths(lengths_B, [spec])  # type: ignore[list-item]
+            lengths_B = num_frames(lengths_B, [spec])  # type: ignore[list-item]
             x_BCT = layer(x_BCT, lengths_B)
         return x_BCT, lengths_B

@@ -14,6 +14,12 @@ position bias, ``relpos.py``): it gives each layer a function from that
 layer's attention input to an additive bias (B, H, T, T), which goes to
 ``scaled_dot_product_attention`` as a float ``attn_mask`` with padded keys at
 -inf. Without it the encoder is the plain wav2vec 2.0 / HuBERT one.
+
+A caller that knows for free that no row is padded (``unpadded=True``: the speech encoder
+on the CPU, ``blocks/feature_encoder.py``, ``no_row_padded``) skips the key mask and the
+zeroing of padded frames: attention then runs its unmasked kernel, with the same result.
+Compiled layers (``speechbs.train.compile`` sets ``always_mask``) always get the mask, so
+that they see one input signature and compile no second graph for it.
 """
 
 from __future__ import annotations
@@ -149,6 +155,8 @@ class TransformerEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(shape.embed_dim, eps=shape.layer_norm_eps)
         self.dropout = nn.Dropout(shape.dropout)
         self.layers = nn.ModuleList(TransformerLayer(shape) for _ in range(shape.num_layers))
+        self.always_mask = False
+        """Pass the key mask to the layers even when no row is padded (set for compiled layers)."""
         self.apply(_init_bert_linear)
 
     def dropped_layers(self, layerdrop_seed: int | None) -> list[bool]:
@@ -168,7 +176,11 @@ class TransformerEncoder(nn.Module):
         return (torch.rand(self.shape.num_layers, generator=gen) < self.shape.layerdrop).tolist()
 
     def forward(self, x_BTC: torch.Tensor, padding_BT: torch.Tensor | None, *,
-                layerdrop_seed: int | None = None, return_layers: bool = False) -> TransformerOutput:
+                layerdrop_seed: int | None = None, return_layers: bool = False,
+                unpadded: bool = False) -> TransformerOutput:
+        """``unpadded``: the caller knows that ``padding_BT`` is all False (no mask is needed)."""
+        if unpadded and not self.always_mask:
+            padding_BT = None
         keep_B11T = None
         if padding_BT is not None:
             x_BTC = x_BTC.masked_fill(padding_BT.unsqueeze(-1), 0.0)
