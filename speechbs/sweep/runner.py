@@ -23,8 +23,7 @@ from typing import Callable, Protocol
 from speechbs.atomic import write_text
 from speechbs.sweep.plan import Point, SweepPlan
 from speechbs.sweep.stages import Stage, is_done, point_stages
-
-EXIT_REQUEUE = 75  # the loop's "preempted, checkpoint saved" status
+from speechbs.train.preempt import EXIT_REQUEUE, TORCHRUN_SIGNALS
 
 
 class StageRunner(Protocol):
@@ -55,8 +54,9 @@ class SubprocessRunner:
         if stage.kind in self.prefixes:
             return [*self.prefixes[stage.kind], *stage.argv]
         if self.nproc_per_node > 0 and stage.kind in ("pretrain", "finetune"):
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node", str(self.nproc_per_node), "-m", "speechbs", *stage.argv]
+            # As the launch scripts: torchrun passes SIGUSR1 on to the ranks only when it is listed.
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--signals-to-handle",
+                    TORCHRUN_SIGNALS, "--nproc-per-node", str(self.nproc_per_node), "-m", "speechbs", *stage.argv]
         return [sys.executable, "-m", "speechbs", *stage.argv]
 
     def __call__(self, stage: Stage, log_path: Path) -> int:
