@@ -17,8 +17,11 @@ S seconds of random audio, in this process, one implementation after the other
   (:class:`~speechbs.models.encoder.SpeechEncoder`, the one encoder of every family) against
   transformers' bare ``Wav2Vec2Model`` / ``HubertModel`` whose weights were copied into it
   through ``speechbs.models.convert`` (the row records the largest output difference),
-  forward + backward of the summed last hidden state, no optimizer, dropout off (eval mode),
-  rows of equal length.
+  forward + backward of the summed last hidden state, no optimizer, dropout and masking off,
+  rows of equal length. ``--encoder-mode train`` (the default) runs both in training mode, as a
+  training step does: transformers' feature encoder then also makes its input waveform require
+  a gradient (for gradient checkpointing), so its backward computes one more convolution
+  gradient; ``eval`` runs both in eval mode, where the two compute the same operations.
 
 Each row is one (kind, model, size, precision, compile) setting. The sides take turns in
 every repeat, in alternating order (ABBA), so a drift of the machine's load hits both alike;
@@ -245,19 +248,22 @@ def hubert_contenders(size: str, setting: Setting, against: list[str]) -> Conten
     return contenders
 
 
-def encoder_contenders(kind: str, size: str, setting: Setting, against: list[str]) -> Contenders:
+def encoder_contenders(kind: str, size: str, setting: Setting, against: list[str],
+                       training: bool = True) -> Contenders:
     """speechbs ``encode`` against transformers' bare encoder with the same weights: forward + backward of the
-    summed last hidden state (no optimizer), both in eval mode (no dropout, no masking)."""
+    summed last hidden state (no optimizer), in training or eval mode, without dropout or masking."""
     import transformers
 
     cfg = hf_config(kind, size)
+    cfg.mask_time_prob = cfg.mask_feature_prob = 0.0  # transformers would mask in training mode; speechbs gets no seeds
     hf_cls, ours_cls = ((transformers.Wav2Vec2Model, Wav2Vec2Model) if kind == "wav2vec2"
                         else (transformers.HubertModel, HubertModel))
-    hf = hf_cls(cfg).eval()
+    hf = hf_cls(cfg).train(training)
     ours_cfg, state = (convert.from_hf_wav2vec2 if kind == "wav2vec2" else convert.from_hf_hubert)(hf.state_dict(), cfg)
-    ours = ours_cls(ours_cfg).eval()
-    missing, unexpected = ours.load_state_dict(state, strict=False)  # the bare encoder has no pretraining heads
-    assert not unexpected and all(key.split(".")[0] in ours.heads for key in missing), (missing, unexpected)
+    ours = ours_cls(ours_cfg).train(training)
+    # transformers' bare encoder has no pretraining heads, nor a mask embedding when it never masks.
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert not unexpected and all(key.split(".")[0] in (*ours.heads, "mask_emb") for key in missing), missing
     hf, ours = hf.to(setting.device), ours.to(setting.device)
     wav_BT, lengths_B = setting.audio()
     run_ours, run_hf = Encode(compile_ours(ours, setting)), compile_reference(hf, setting)
@@ -286,9 +292,9 @@ def encoder_contenders(kind: str, size: str, setting: Setting, against: list[str
     return contenders
 
 
-def contenders_of(kind: str, model: str) -> Callable[[str, Setting, list[str]], Contenders]:
+def contenders_of(kind: str, model: str, training: bool = True) -> Callable[[str, Setting, list[str]], Contenders]:
     if kind == "encoder":
-        return lambda size, setting, against: encoder_contenders(model, size, setting, against)
+        return lambda size, setting, against: encoder_contenders(model, size, setting, against, training)
     return wav2vec2_contenders if model == "wav2vec2" else hubert_contenders
 
 
@@ -364,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--kind", nargs="+", default=["step"], choices=["step", "encoder"],
                         help="step: a training step (pretraining for wav2vec 2.0, the encoder for HuBERT); "
                              "encoder: speechbs encode against transformers' encoder on copied weights, fwd + bwd")
+    parser.add_argument("--encoder-mode", default="train", choices=["train", "eval"],
+                        help="--kind encoder: both sides in training mode (dropout and masking off) or in eval mode")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=list(SIZES))
     parser.add_argument("--models", nargs="+", default=["wav2vec2", "hubert"], choices=["wav2vec2", "hubert"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -389,8 +397,10 @@ def main(argv: list[str] | None = None) -> dict:
                 for model in args.models for precision in args.precision for mode in args.compile_modes]
     for kind, size, model, precision, mode in settings:
             setting = Setting(device, precision, mode == "on", args.batch, samples)
-            make = contenders_of(kind, model)
+            make = contenders_of(kind, model, args.encoder_mode == "train")
             row = {"kind": kind, "model": model, "size": size, "precision": precision, "compile": mode}
+            if kind == "encoder":
+                row["mode"] = args.encoder_mode
             try:
                 row |= measure_row(lambda: make(size, setting, args.against), setting, args.repeats, args.warmup)
             except Exception as err:  # one failing setting (say, compile without a compiler) keeps the table
@@ -413,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def what_is_timed(row: dict) -> str:
     if row.get("kind") == "encoder":
-        return "encoder fwd+bwd"
+        return f"encoder fwd+bwd ({row['mode']})"
     return "pretraining step" if row["model"] == "wav2vec2" else "encoder fwd+bwd+step"
 
 

@@ -228,7 +228,7 @@ def cluster_labels(cfg: Any, manifest_path: str) -> Any:
 
 def placeholder_targets(mb: AudioBatch, cfg: Any) -> Any:
     """Valid (id 0) labels for a placeholder micro-batch: its loss is multiplied by 0, but the graph is whole."""
-    from speechbs.targets.labels import ClusterTargets
+    from speechbs.models.hubert import ClusterTargets
 
     arch = cfg.model.arch
     num_labels = int(mb.lengths_B.max()) * arch.label_rate_hz / cfg.audio.sample_rate_hz

@@ -194,6 +194,7 @@ class SpeechEncoder(nn.Module):
         if relative_position is not None:
             bias = GatedRelativePositionBias(cfg.num_layers, cfg.embed_dim, cfg.num_heads,
                                              relative_position.num_buckets, relative_position.max_distance)
+        # The transformer, under the name fairseq's (and every speechbs) checkpoint gives it.
         self.encoder = TransformerEncoder(cfg.transformer_shape(), attention_bias=bias)
 
     def check_inputs(self, wav_BT: torch.Tensor, lengths_B: torch.Tensor) -> None:

@@ -90,7 +90,7 @@ def test_throughput_encoder_row_times_the_shared_encoder_against_transformers_on
         assert len(row["times_s"]["speechbs"]) == len(row["times_s"]["transformers"]) == 2
         assert row["ratios"]["transformers"]["q1"] <= row["ratios"]["transformers"]["q3"]
         assert row["flops"] > 1e8
-    assert "| hubert | tiny | encoder fwd+bwd | fp32 | off |" in capsys.readouterr().out
+    assert "| hubert | tiny | encoder fwd+bwd (train) | fp32 | off |" in capsys.readouterr().out
 
 
 def test_throughput_compiles_speechbs_as_training_does_and_counts_the_same_flops(monkeypatch) -> None:

@@ -12,8 +12,8 @@ import torch
 from speechbs.data.audio import resample
 from speechbs.errors import ConfigError
 from speechbs.models import hubert, wavlm
+from speechbs.models.hubert import ClusterTargets
 from speechbs.models.registry import MODELS, model_entry
-from speechbs.targets.labels import ClusterTargets
 
 QUIET = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0, layerdrop=0.0)
 

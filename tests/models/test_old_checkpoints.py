@@ -19,8 +19,8 @@ import torch
 from speechbs.asr.ctc import load_ctc_checkpoint
 from speechbs.configio import load_config
 from speechbs.finetune import prepare_finetune
+from speechbs.models.hubert import ClusterTargets
 from speechbs.pretrained import load_encoder
-from speechbs.targets.labels import ClusterTargets
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "old_checkpoints"
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import torch
 
 from speechbs.models import wavlm
 from speechbs.models.blocks.mixing import mix_utterances
-from speechbs.targets.labels import ClusterTargets
+from speechbs.models.hubert import ClusterTargets
 
 LENGTHS = [4_000, 2_500, 3_300, 1_800]
 
