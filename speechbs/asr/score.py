@@ -15,20 +15,17 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rapidfuzz.distance import Levenshtein
+
 from speechbs.atomic import output_dir, write_text
 from speechbs.errors import DataError
 from speechbs.textio import read_lines as read_text_lines, require_file
 
 
 def edit_distance(ref: list[str] | str, hyp: list[str] | str) -> int:
-    """Levenshtein distance between two token sequences (unit costs)."""
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        current = [i]
-        for j, h in enumerate(hyp, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
+    """Levenshtein distance between two token sequences (unit costs): characters of a string, or words
+    of a list. rapidfuzz's C++ kernel: a dev-other validation pass scores in milliseconds, not a minute."""
+    return Levenshtein.distance(ref, hyp)
 
 
 @dataclass

@@ -17,6 +17,28 @@ def test_edit_distance():
     assert score.edit_distance([], ["x"]) == 1
 
 
+def _levenshtein_by_hand(ref, hyp) -> int:
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        current = [i]
+        for j, h in enumerate(hyp, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1]
+
+
+def test_edit_distance_matches_the_textbook_recurrence_on_words_and_characters():
+    import random
+
+    rng = random.Random(0)
+    words = ["a", "b", "the", "of", "ab", "ba", ""]  # "ab" vs "a" "b": words are compared whole
+    for _ in range(300):
+        ref = [rng.choice(words) for _ in range(rng.randint(0, 12))]
+        hyp = [rng.choice(words) for _ in range(rng.randint(0, 12))]
+        assert score.edit_distance(ref, hyp) == _levenshtein_by_hand(ref, hyp)
+        assert score.edit_distance(" ".join(ref), " ".join(hyp)) == _levenshtein_by_hand(" ".join(ref), " ".join(hyp))
+
+
 def test_corpus_wer_sums_errors_before_dividing():
     summary, rows = score.score_texts(["A B C", "X Y"], ["A C D", "X Y Z"])
     # utterance 1: delete B, insert D (or substitute) = 2 errors / 3; utterance 2: insert Z = 1 / 2
