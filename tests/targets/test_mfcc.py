@@ -97,3 +97,30 @@ def test_matches_torchaudio_kaldi_mfcc_with_deltas() -> None:
     ours_BTC, _ = mfcc.mfcc_features(wav_T.view(1, -1), torch.tensor([12_345]), RATE)
     assert ours_BTC.shape[1:] == ref_TC.shape
     assert torch.allclose(ours_BTC[0], ref_TC, atol=2e-3, rtol=1e-3)
+
+
+def test_matches_kaldi_native_fbank_mfcc_with_deltas() -> None:
+    """Kaldi's MFCC and add-deltas (kaldi-native-fbank, a CPU wheel) on a noisy tone, frame by frame."""
+    knf = pytest.importorskip("kaldi_native_fbank")
+    import numpy as np
+
+    torch.manual_seed(1)
+    wav_T = (torch.randn(12_345) * 0.05 + tone(440.0, seconds=12_345 / RATE)).float()
+    opts = knf.MfccOptions()
+    opts.frame_opts.samp_freq = RATE
+    opts.frame_opts.dither = 0.0  # Kaldi dithers by default; the comparison needs the same samples
+    opts.use_energy = False
+    online = knf.OnlineMfcc(opts)
+    online.accept_waveform(RATE, wav_T.tolist())
+    online.input_finished()
+    ref_TC = np.stack([online.get_frame(i) for i in range(online.num_frames_ready)])
+    ref_TC = knf.compute_deltas(knf.DeltaOptions(order=2, window=2), ref_TC)
+    ours_BTC, _ = mfcc.mfcc_features(wav_T.view(1, -1), torch.tensor([12_345]), RATE)
+    assert ours_BTC.shape[1:] == ref_TC.shape == (75, 39)
+    diff_TC = np.abs(ours_BTC[0].numpy() - ref_TC)
+    assert diff_TC[:, :26].max() < 2e-4  # MFCC and deltas, every frame (measured 7.3e-5)
+    # Delta-deltas agree away from the edges. At the first and last two frames they differ by
+    # design: HuBERT's features (torchaudio compute_deltas twice) repeat the deltas' edge frames,
+    # Kaldi's add-deltas repeats the MFCC's; ``mfcc.py`` follows HuBERT.
+    assert diff_TC[2:-2].max() < 2e-4
+    assert diff_TC[:2, 26:].max() > 1e-2
