@@ -70,3 +70,17 @@ def test_checksums_are_sha256_for_every_archive():
     module = _prepare_module()
     assert set(module.SHA256) == set(module.URLS)
     assert all(len(v) == 64 and int(v, 16) >= 0 for v in module.SHA256.values())
+
+
+def test_every_librispeech_manifest_a_recipe_reads_is_one_prepare_writes():
+    """A recipe that names a split the prepare stage never writes fails only on the cluster, at launch."""
+    import re
+
+    prepare = _prepare_module()
+    written = {"train-960", "train-clean-100", *prepare.EVAL_SETS, *prepare.LIBRILIGHT_SPLITS}
+    named = {}
+    for recipe in sorted((REPO / "recipes").rglob("*.toml")):
+        for split in re.findall(r"manifests/librispeech/([\w.-]+)\.tsv", recipe.read_text(encoding="utf-8")):
+            named.setdefault(split, recipe.relative_to(REPO))
+    assert named, "no recipe reads a LibriSpeech manifest: the pattern no longer matches"
+    assert {s: r for s, r in named.items() if s not in written} == {}
