@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from speechbs.errors import require
+from speechbs.models.hubert_config import HubertConfig
+from speechbs.models.sizes import CONFIG_CLASSES, SIZES
+from speechbs.models.wav2vec2_config import Wav2Vec2Config
+from speechbs.models.wavlm_config import WavLMConfig
 
 
 @dataclass(kw_only=True)
@@ -143,14 +147,15 @@ class ModelConfig:
     size: Literal["tiny", "base", "large"] = "base"
     """Preset whose architecture defaults apply: ``tiny`` (CPU tests, demo), ``base``, ``large``."""
 
-    arch: Any = None
+    arch: Wav2Vec2Config | HubertConfig | WavLMConfig = None  # type: ignore[assignment]  # None: filled from size
     """The family's config dataclass, filled from ``size`` and the recipe (not a TOML key)."""
 
     def __post_init__(self) -> None:
         if self.arch is None:
-            from speechbs.models.registry import MODELS  # imports torch; only when a model is configured
-
-            self.arch = MODELS[self.name].sizes[self.size]()
+            self.arch = SIZES[self.name][self.size]()
+        family = CONFIG_CLASSES[self.name]
+        require(type(self.arch) is family, "model.arch",
+                f"is a {type(self.arch).__name__}, but model.name = {self.name!r} needs a {family.__name__}")
 
 
 @dataclass(kw_only=True)

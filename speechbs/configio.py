@@ -28,6 +28,7 @@ else:  # pragma: no cover
 from speechbs.atomic import write_text
 from speechbs.config import ALIASES, Config, ModelConfig
 from speechbs.errors import ConfigError
+from speechbs.models.sizes import SIZES
 from speechbs.textio import read_text
 
 
@@ -139,8 +140,6 @@ def build(cls: type, values: dict[str, Any], *, prefix: str, source: str) -> Any
             kwargs[key] = build(hint, value, prefix=f"{full}.", source=source)
         else:
             kwargs[key] = check_value(full, hint, value, source)
-    if cls is Config and "model" not in kwargs:
-        kwargs["model"] = build_model_config({}, prefix="model.", source=source)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -149,19 +148,17 @@ def build(cls: type, values: dict[str, Any], *, prefix: str, source: str) -> Any
 
 def build_model_config(values: dict[str, Any], *, prefix: str, source: str) -> ModelConfig:
     """``[model]``: name and size pick the architecture's defaults; other keys override its fields."""
-    from speechbs.models.registry import MODELS  # imports torch: only when a model is configured
-
     values = dict(values)
     values.pop("arch", None)  # never a TOML key; tolerate a hand-edited dump
     name = check_value(f"{prefix}name", typing.get_type_hints(ModelConfig)["name"],
                        values.pop("name", ModelConfig.name), source)
     size = check_value(f"{prefix}size", typing.get_type_hints(ModelConfig)["size"],
                        values.pop("size", ModelConfig.size), source)
-    spec = MODELS[name]
-    if size not in spec.sizes:
+    sizes = SIZES[name]
+    if size not in sizes:
         raise ConfigError(f"{source}: {prefix}size = {size!r} is not defined for {name}; "
-                          f"choose one of {', '.join(spec.sizes)}")
-    defaults = spec.sizes[size]()
+                          f"choose one of {', '.join(sizes)}")
+    defaults = sizes[size]()
     arch_fields = {f.name: f for f in dataclasses.fields(defaults) if f.init}
     hints = typing.get_type_hints(type(defaults))
     overrides = {}
@@ -228,7 +225,7 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict; the model's ``arch`` fields are flattened into ``model``."""
     tree = dataclasses.asdict(cfg)
     model = tree.get("model")
@@ -238,7 +235,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return tree
 
 
-def dump_toml(cfg: Any) -> str:
+def dump_toml(cfg: Config) -> str:
     """The resolved config as TOML (every field, defaults included)."""
     lines: list[str] = []
     _dump_table(to_dict(cfg), [], lines)
@@ -268,13 +265,13 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
-def config_hash(cfg: Any, length: int = 10) -> str:
+def config_hash(cfg: Config, length: int = 10) -> str:
     """Stable hash of the resolved config (key order and float formatting do not matter)."""
     canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
-def save_config(cfg: Any, run_dir: str | Path) -> Path:
+def save_config(cfg: Config, run_dir: str | Path) -> Path:
     path = Path(run_dir) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, f"# resolved config, hash {config_hash(cfg)}\n" + dump_toml(cfg))
