@@ -15,13 +15,34 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from speechbs.errors import require
 from speechbs.models.hubert_config import HubertConfig
 from speechbs.models.sizes import CONFIG_CLASSES, SIZES
 from speechbs.models.wav2vec2_config import Wav2Vec2Config
 from speechbs.models.wavlm_config import WavLMConfig
+
+SECONDS_PER_MINUTE = 60.0
+
+
+class Alias(NamedTuple):
+    """A key a recipe may write in place of a field, in other units (``minutes`` for ``seconds``).
+
+    A schema class lists its aliases in ``ALIASES`` (alias -> :class:`Alias`); the loader
+    (:mod:`speechbs.configio`) turns an alias into its field, value times ``factor``, and
+    refuses a table that gives both.
+    """
+
+    field: str
+    """The field the alias stands for."""
+    factor: float
+    """Field value = alias value x factor (each item of a list)."""
+
+
+def minutes_for(seconds_field: str) -> Alias:
+    """The alias that gives ``seconds_field`` in minutes."""
+    return Alias(seconds_field, SECONDS_PER_MINUTE)
 
 
 @dataclass(kw_only=True)
@@ -123,6 +144,9 @@ class BatchConfig:
 
     num_buckets: int = 32
     """Length buckets (equal-count quantiles) the planner draws each global batch from; more buckets, less padding, less randomness in which utterances meet."""
+
+    ALIASES: ClassVar[dict[str, Alias]] = {"minutes": minutes_for("seconds"),
+                                           "max_device_minutes": minutes_for("max_device_seconds")}
 
     def __post_init__(self) -> None:
         require(self.seconds > 0, "batch.seconds", "must be > 0 (seconds of audio per optimizer step)")
@@ -415,9 +439,3 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """CTC fine-tuning (``speechbs finetune``); unused by pretraining."""
 
-
-# Keys a recipe may use in place of the canonical one: alias -> (canonical key, factor).
-ALIASES: dict[str, tuple[str, float]] = {
-    "batch.minutes": ("batch.seconds", 60.0),
-    "batch.max_device_minutes": ("batch.max_device_seconds", 60.0),
-}

@@ -10,14 +10,16 @@ A sweep recipe is a TOML file with four parts::
 
 Recipe paths (``pretrain_recipe``, ``[[finetune]].recipe``) are relative to the
 sweep file, so a sweep travels with its recipes; manifests are relative to the
-working directory, as in every other recipe. Loading is in :mod:`speechbs.sweep.plan`.
+working directory, as in every other recipe. :func:`speechbs.sweep.plan.load_sweep` loads it
+(through :func:`speechbs.configio.load`, as every config).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from speechbs.config import Alias, minutes_for
 from speechbs.errors import require
 
 BUDGETS = ("steps", "hours", "steps_with_milestones")
@@ -78,10 +80,8 @@ class GridSection:
     """``[grid]``: the axes of the sweep; every combination is one point."""
 
     batch_seconds: list[float] = field(default_factory=list)
-    """Batch sizes, seconds of audio per optimizer step over all devices (``batch.seconds``), s."""
-
-    batch_minutes: list[float] = field(default_factory=list)
-    """The same in minutes (give one of ``batch_seconds`` and ``batch_minutes``), min."""
+    """Batch sizes, seconds of audio per optimizer step over all devices (``batch.seconds``), s. A recipe
+    may give ``batch_minutes`` instead."""
 
     lr_rule: list[Literal["none", "linear", "sqrt"]] = field(default_factory=list)
     """LR scaling rules to try (``optim.lr_rule``); empty: the base recipe's rule."""
@@ -92,12 +92,9 @@ class GridSection:
     seed: list[int] = field(default_factory=list)
     """Seeds to try (``run.seed``); empty: the base recipe's seed."""
 
+    ALIASES: ClassVar[dict[str, Alias]] = {"batch_minutes": minutes_for("batch_seconds")}
+
     def __post_init__(self) -> None:
-        require(not (self.batch_seconds and self.batch_minutes), "grid.batch_minutes",
-                "give grid.batch_seconds or grid.batch_minutes, not both")
-        if self.batch_minutes:
-            self.batch_seconds = [m * 60.0 for m in self.batch_minutes]
-            self.batch_minutes = []
         require(bool(self.batch_seconds), "grid.batch_seconds",
                 "is required: a list of batch sizes in seconds of audio, e.g. [87.5, 600, 4800]")
         require(all(s > 0 for s in self.batch_seconds), "grid.batch_seconds", "must all be > 0")
@@ -125,7 +122,7 @@ class FinetuneSpec:
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and "@" not in self.name, "finetune.name",
                 "is required: a short name without '/' or '@', e.g. '10min'")
-        require(bool(self.recipe), f"finetune[{self.name}].recipe", "is required (path relative to the sweep file)")
+        require(bool(self.recipe), "finetune.recipe", "is required (path relative to the sweep file)")
 
 
 @dataclass(kw_only=True)
@@ -144,7 +141,7 @@ class TestSpec:
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "test.name",
                 "is required: a short name without '/', e.g. 'test-clean'")
-        require(bool(self.manifest), f"test[{self.name}].manifest", "is required (a .tsv manifest)")
+        require(bool(self.manifest), "test.manifest", "is required (a .tsv manifest)")
 
 
 @dataclass(kw_only=True)
@@ -182,11 +179,11 @@ class NoiseSpec:
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "noise.name", "is required: a short name without '/'")
-        require(bool(self.manifest), f"noise[{self.name}].manifest", "is required (a .tsv manifest)")
+        require(bool(self.manifest), "noise.manifest", "is required (a .tsv manifest)")
         require(bool(self.batch_seconds) and all(b > 0 for b in self.batch_seconds),
-                f"noise[{self.name}].batch_seconds", "must be a non-empty list of positive seconds")
-        require(self.repeats >= 2, f"noise[{self.name}].repeats", "must be >= 2 (10 or more is useful)")
-        require(all(k >= 1 for k in self.steps), f"noise[{self.name}].steps", "must all be >= 1")
+                "noise.batch_seconds", "must be a non-empty list of positive seconds")
+        require(self.repeats >= 2, "noise.repeats", "must be >= 2 (10 or more is useful)")
+        require(all(k >= 1 for k in self.steps), "noise.steps", "must all be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -207,6 +204,9 @@ class SweepConfig:
 
     noise: list[NoiseSpec] = field(default_factory=list)
     """Fixed-state gradient-noise measurements of the pretrained checkpoints (none: no noise stage)."""
+
+    REQUIRED_TABLES: ClassVar[dict[str, str]] = {
+        "sweep": "a sweep recipe needs a [sweep] table (is this a pretraining recipe? run it with `speechbs pretrain`)"}
 
     def __post_init__(self) -> None:
         for key, items in (("finetune", self.finetune), ("test", self.test), ("noise", self.noise)):
