@@ -35,7 +35,9 @@ from speechbs.textio import read_text, require_file
 
 RECEPTIVE_FIELD_SAMPLES = 400
 """Receptive field of the wav2vec 2.0 feature encoder (Baevski et al. 2020, sec. 2), in
-model-rate samples: 25 ms at 16 kHz. Shorter input gives zero frames."""
+model-rate samples: 25 ms at 16 kHz. Shorter input gives zero frames. Written out because
+data/ does not import models/; a test checks it against ``models.frames.receptive_field_samples``
+of the BASE conv stack."""
 
 DEFAULT_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
 """The letter vocabulary of LibriSpeech-style CTC targets (plus space / ``|`` between words)."""

@@ -91,6 +91,14 @@ def test_min_seconds_replaces_the_receptive_field(corpus: Path) -> None:
     assert [p.path for p in report.problems if p.rule == "too_short"] == ["short.wav"]
 
 
+def test_the_receptive_field_is_the_conv_stacks() -> None:
+    from speechbs.data.validate import RECEPTIVE_FIELD_SAMPLES
+    from speechbs.models.encoder_config import BASE_CONV
+    from speechbs.models.frames import receptive_field_samples
+
+    assert RECEPTIVE_FIELD_SAMPLES == receptive_field_samples(BASE_CONV)
+
+
 def test_header_mismatch_and_stale_rates(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", 1000)
     write_wav(tmp_path / "b.wav", 1000)
