@@ -15,14 +15,34 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import ClassVar, Literal, NamedTuple
 
-from speechbs.errors import ConfigError
+from speechbs.errors import require
+from speechbs.models.hubert_config import HubertConfig
+from speechbs.models.sizes import CONFIG_CLASSES, SIZES
+from speechbs.models.wav2vec2_config import Wav2Vec2Config
+from speechbs.models.wavlm_config import WavLMConfig
+
+SECONDS_PER_MINUTE = 60.0
 
 
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
+class Alias(NamedTuple):
+    """A key a recipe may write in place of a field, in other units (``minutes`` for ``seconds``).
+
+    A schema class lists its aliases in ``ALIASES`` (alias -> :class:`Alias`); the loader
+    (:mod:`speechbs.configio`) turns an alias into its field, value times ``factor``, and
+    refuses a table that gives both.
+    """
+
+    field: str
+    """The field the alias stands for."""
+    factor: float
+    """Field value = alias value x factor (each item of a list)."""
+
+
+def minutes_for(seconds_field: str) -> Alias:
+    """The alias that gives ``seconds_field`` in minutes."""
+    return Alias(seconds_field, SECONDS_PER_MINUTE)
 
 
 @dataclass(kw_only=True)
@@ -61,9 +81,9 @@ class DataConfig:
     """Data-loading worker processes per device (0 loads in the training process)."""
 
     def __post_init__(self) -> None:
-        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _require(self.labels == "" or self.labels.replace("_", "").isalnum(), "data.labels",
-                 f"got {self.labels!r}; give a file extension without the dot, e.g. 'ltr' or 'km'")
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(self.labels == "" or self.labels.replace("_", "").isalnum(), "data.labels",
+                f"got {self.labels!r}; give a file extension without the dot, e.g. 'ltr' or 'km'")
 
 
 @dataclass(kw_only=True)
@@ -89,10 +109,10 @@ class AudioConfig:
     """Longer utterances are skipped by validation (LibriSpeech segments are at most ~35 s)."""
 
     def __post_init__(self) -> None:
-        _require(self.sample_rate_hz > 0, "audio.sample_rate_hz", "must be > 0")
-        _require(self.min_seconds >= 0, "audio.min_seconds", "must be >= 0")
-        _require(self.max_seconds > self.min_seconds, "audio.max_seconds",
-                 f"must be > audio.min_seconds ({self.min_seconds})")
+        require(self.sample_rate_hz > 0, "audio.sample_rate_hz", "must be > 0")
+        require(self.min_seconds >= 0, "audio.min_seconds", "must be >= 0")
+        require(self.max_seconds > self.min_seconds, "audio.max_seconds",
+                f"must be > audio.min_seconds ({self.min_seconds})")
 
 
 @dataclass(kw_only=True)
@@ -125,12 +145,15 @@ class BatchConfig:
     num_buckets: int = 32
     """Length buckets (equal-count quantiles) the planner draws each global batch from; more buckets, less padding, less randomness in which utterances meet."""
 
+    ALIASES: ClassVar[dict[str, Alias]] = {"minutes": minutes_for("seconds"),
+                                           "max_device_minutes": minutes_for("max_device_seconds")}
+
     def __post_init__(self) -> None:
-        _require(self.seconds > 0, "batch.seconds", "must be > 0 (seconds of audio per optimizer step)")
-        _require(self.max_device_seconds > 0, "batch.max_device_seconds", "must be > 0")
-        _require(self.crop_max_seconds > 0, "batch.crop_max_seconds", "must be > 0")
-        _require(self.num_buckets >= 1, "batch.num_buckets", "must be >= 1")
-        _require(self.cost_length_seconds > 0, "batch.cost_length_seconds", "must be > 0")
+        require(self.seconds > 0, "batch.seconds", "must be > 0 (seconds of audio per optimizer step)")
+        require(self.max_device_seconds > 0, "batch.max_device_seconds", "must be > 0")
+        require(self.crop_max_seconds > 0, "batch.crop_max_seconds", "must be > 0")
+        require(self.num_buckets >= 1, "batch.num_buckets", "must be >= 1")
+        require(self.cost_length_seconds > 0, "batch.cost_length_seconds", "must be > 0")
 
 
 @dataclass(kw_only=True)
@@ -148,14 +171,15 @@ class ModelConfig:
     size: Literal["tiny", "base", "large"] = "base"
     """Preset whose architecture defaults apply: ``tiny`` (CPU tests, demo), ``base``, ``large``."""
 
-    arch: Any = None
+    arch: Wav2Vec2Config | HubertConfig | WavLMConfig = None  # type: ignore[assignment]  # None: filled from size
     """The family's config dataclass, filled from ``size`` and the recipe (not a TOML key)."""
 
     def __post_init__(self) -> None:
         if self.arch is None:
-            from speechbs.models.registry import MODELS  # imports torch; only when a model is configured
-
-            self.arch = MODELS[self.name].sizes[self.size]()
+            self.arch = SIZES[self.name][self.size]()
+        family = CONFIG_CLASSES[self.name]
+        require(type(self.arch) is family, "model.arch",
+                f"is a {type(self.arch).__name__}, but model.name = {self.name!r} needs a {family.__name__}")
 
 
 @dataclass(kw_only=True)
@@ -184,11 +208,11 @@ class OptimConfig:
     """Clip the global gradient norm to this value; 0 disables (fairseq BASE pretraining: 0)."""
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "optim.lr", "must be > 0")
-        _require(self.reference_seconds > 0, "optim.reference_seconds", "must be > 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
-                 f"must be two numbers in [0, 1), got {self.betas}")
-        _require(self.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping)")
+        require(self.lr > 0, "optim.lr", "must be > 0")
+        require(self.reference_seconds > 0, "optim.reference_seconds", "must be > 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                f"must be two numbers in [0, 1), got {self.betas}")
+        require(self.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping)")
 
 
 @dataclass(kw_only=True)
@@ -233,17 +257,17 @@ class ScheduleConfig:
     """Per-step factor of the Gumbel temperature: max(end, start * decay**step)."""
 
     def __post_init__(self) -> None:
-        _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
-        _require(self.hold_steps >= 0, "schedule.hold_steps", "must be >= 0")
-        _require(0 <= self.warmup_fraction < 1, "schedule.warmup_fraction",
-                 "must be in [0, 1) (a fraction of train.num_steps; 0 uses schedule.warmup_steps)")
-        _require(self.cycle_steps >= 2, "schedule.cycle_steps", "must be >= 2")
-        _require(0 <= self.end_lr_scale <= 1, "schedule.end_lr_scale", "must be in [0, 1]")
+        require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
+        require(self.hold_steps >= 0, "schedule.hold_steps", "must be >= 0")
+        require(0 <= self.warmup_fraction < 1, "schedule.warmup_fraction",
+                "must be in [0, 1) (a fraction of train.num_steps; 0 uses schedule.warmup_steps)")
+        require(self.cycle_steps >= 2, "schedule.cycle_steps", "must be >= 2")
+        require(0 <= self.end_lr_scale <= 1, "schedule.end_lr_scale", "must be in [0, 1]")
         # An exponential decay never reaches 0: "to 0" would fall 10x every few percent of the
         # decay phase and train nothing after its first steps.
-        _require(self.kind != "tri_stage" or self.end_lr_scale > 0, "schedule.end_lr_scale",
-                 "must be > 0 with kind = \"tri_stage\" (its decay is exponential; fairseq's "
-                 "fine-tuning recipes use 0.05)")
+        require(self.kind != "tri_stage" or self.end_lr_scale > 0, "schedule.end_lr_scale",
+                "must be > 0 with kind = \"tri_stage\" (its decay is exponential; fairseq's "
+                "fine-tuning recipes use 0.05)")
 
 
 @dataclass(kw_only=True)
@@ -303,15 +327,15 @@ class TrainConfig:
     It must exceed the longest time one rank can be busy alone, e.g. rank 0 saving a checkpoint."""
 
     def __post_init__(self) -> None:
-        _require(self.num_steps >= 1, "train.num_steps", "must be >= 1")
+        require(self.num_steps >= 1, "train.num_steps", "must be >= 1")
         for key in ("log_every", "valid_every", "checkpoint_every", "grad_noise_every"):
-            _require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
-        _require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
-        _require(self.grad_noise_window >= 1, "train.grad_noise_window", "must be >= 1 (measurements per logged value)")
-        _require(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", "must be >= 1")
-        _require(self.collective_timeout_s > 0, "train.collective_timeout_s", "must be > 0 seconds")
-        _require(self.compile_num_lengths >= 1, "train.compile_num_lengths",
-                 f"must be >= 1 (padded lengths a compiled run rounds up to), got {self.compile_num_lengths}")
+            require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
+        require(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        require(self.grad_noise_window >= 1, "train.grad_noise_window", "must be >= 1 (measurements per logged value)")
+        require(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", "must be >= 1")
+        require(self.collective_timeout_s > 0, "train.collective_timeout_s", "must be > 0 seconds")
+        require(self.compile_num_lengths >= 1, "train.compile_num_lengths",
+                f"must be >= 1 (padded lengths a compiled run rounds up to), got {self.compile_num_lengths}")
         cls = type(self)  # a dataclass keeps each field's default as a class attribute
         if not self.compile and (self.compile_num_lengths != cls.compile_num_lengths
                                  or self.compile_backend != cls.compile_backend):
@@ -376,12 +400,12 @@ class FinetuneConfig:
     fairseq's ``wer``; ``cer`` where every model is still near 100% WER (tiny models, short runs)."""
 
     def __post_init__(self) -> None:
-        _require(self.freeze_steps >= 0, "finetune.freeze_steps", "must be >= 0")
+        require(self.freeze_steps >= 0, "finetune.freeze_steps", "must be >= 0")
         for key in ("final_dropout", "mask_prob", "mask_channel_prob", "layerdrop", "dropout",
                     "attention_dropout", "activation_dropout", "dropout_input"):
-            _require(0.0 <= getattr(self, key) < 1.0, f"finetune.{key}", "must be a probability in [0, 1)")
-        _require(self.mask_length >= 1 and self.mask_channel_length >= 1, "finetune.mask_length",
-                 "mask spans must be >= 1")
+            require(0.0 <= getattr(self, key) < 1.0, f"finetune.{key}", "must be a probability in [0, 1)")
+        require(self.mask_length >= 1 and self.mask_channel_length >= 1, "finetune.mask_length",
+                "mask spans must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -415,9 +439,3 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """CTC fine-tuning (``speechbs finetune``); unused by pretraining."""
 
-
-# Keys a recipe may use in place of the canonical one: alias -> (canonical key, factor).
-ALIASES: dict[str, tuple[str, float]] = {
-    "batch.minutes": ("batch.seconds", 60.0),
-    "batch.max_device_minutes": ("batch.max_device_seconds", 60.0),
-}

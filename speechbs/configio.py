@@ -1,8 +1,16 @@
-"""Reading, overriding, checking, writing and hashing a :class:`~speechbs.config.Config`.
+"""Reading, overriding, checking, writing and hashing configs.
 
-Recipes are data: TOML tables that mirror the dataclass tree. Nothing is
-evaluated. A value is checked against the field's type annotation and an
-unknown key is an error that lists the keys allowed there.
+:func:`load` reads every schema (a run's :class:`~speechbs.config.Config`, a sweep
+recipe's :class:`~speechbs.sweep.config.SweepConfig`); :func:`load_config` and
+:func:`config_from_toml` are its uses for a run. Recipes are data: TOML tables that
+mirror the dataclass tree. Nothing is evaluated. A value is checked against the field's
+type annotation and an unknown key is an error that lists the keys allowed there.
+
+What a schema class may declare for the loader (class attributes, not fields):
+
+- ``ALIASES``: keys a recipe may write in other units, e.g. ``BatchConfig.ALIASES``
+  maps ``minutes`` to ``seconds`` x 60 (:class:`~speechbs.config.Alias`);
+- ``REQUIRED_TABLES``: tables that must be present, with the message that explains why.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,37 +35,51 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from speechbs.atomic import write_text
-from speechbs.config import ALIASES, Config, ModelConfig
+from speechbs.config import Alias, Config, ModelConfig
 from speechbs.errors import ConfigError
+from speechbs.models.sizes import SIZES
 from speechbs.textio import read_text
 
+T = TypeVar("T")
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a config from defaults, an optional TOML recipe and ``key=value`` overrides."""
+
+def load(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), *,
+         text: str | None = None, source: str | None = None) -> T:
+    """Build dataclass ``schema`` from its defaults, a TOML file or text, and ``--set`` overrides.
+
+    The one way a config is read, for every schema (a run's :class:`Config`, a sweep recipe):
+    ``path`` (a recipe) or ``text`` (e.g. the TOML saved in a checkpoint) is parsed, each
+    ``section.key=value`` of ``overrides`` replaces what it names, each table's aliases
+    (``ALIASES`` on its class, e.g. ``batch.minutes``) become their fields, and the tree is
+    checked against the type annotations while it is built, lists of tables
+    (``[[finetune]]``) included. Every error is a one-line :class:`ConfigError` that starts
+    with ``source`` (default: the path, or ``config``) and names the key.
+    """
+    if path is not None and text is not None:
+        raise TypeError("give load() a path or a text, not both")
+    source = source or (str(path) if path is not None else "config")
     tree: dict[str, Any] = {}
-    source = "config"
-    if recipe is not None:
-        source = str(recipe)
-        tree = read_toml(recipe)
+    if path is not None:
+        tree = read_toml(path)
+    elif text is not None:
+        try:
+            tree = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source} is not valid TOML: {exc}") from None
     if overrides:
         source += " with --set"
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(tree, key, value)
-    tree = _apply_aliases(tree, source)
-    return build(Config, tree, prefix="", source=source)
+    _apply_overrides(tree, overrides)
+    return _build(schema, tree, prefix="", source=source)
 
 
-def config_from_toml(text: str, source: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Rebuild a config from TOML text, e.g. the ``config_toml`` saved in a checkpoint."""
-    try:
-        tree = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: the saved config is not valid TOML: {exc}") from None
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(tree, key, value)
-    return build(Config, _apply_aliases(tree, source), prefix="", source=source)
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Build a run's config from defaults, an optional TOML recipe and ``key=value`` overrides."""
+    return load(Config, recipe, overrides)
+
+
+def config_from_toml(text: str, source: str, overrides: Sequence[str] = ()) -> Config:
+    """Rebuild a run's config from TOML text, e.g. the ``config_toml`` saved in a checkpoint."""
+    return load(Config, overrides=overrides, text=text, source=source)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -92,76 +115,106 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
+def _apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Write each ``section.key=value`` into ``tree``, making the sections it names."""
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
 
 
-def _apply_aliases(tree: dict[str, Any], source: str) -> dict[str, Any]:
-    for alias, (canonical, factor) in ALIASES.items():
-        a_section, a_key = alias.split(".")
-        c_section, c_key = canonical.split(".")
-        section = tree.get(a_section)
-        if not isinstance(section, dict) or a_key not in section:
-            continue
-        value = section.pop(a_key)
-        if c_key in tree.get(c_section, {}):
-            raise ConfigError(f"{source}: both {alias} and {canonical} are set; give one of them")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {alias} must be a number, got {value!r}")
-        tree.setdefault(c_section, {})[c_key] = value * factor
-    return tree
-
-
-def build(cls: type, values: dict[str, Any], *, prefix: str, source: str) -> Any:
+def _build(cls: type[T], values: dict[str, Any], *, prefix: str, source: str) -> T:
     """Instantiate dataclass ``cls`` from a nested dict, checking keys and types."""
+    for key, message in getattr(cls, "REQUIRED_TABLES", {}).items():
+        if key not in values:
+            raise ConfigError(f"{source}: {message}")
+    values = _resolve_aliases(cls, values, prefix, source)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        full = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(_unknown_key_message(full, key, list(fields), prefix, source))
-        hint = hints[key]
-        if hint is ModelConfig:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {full} is a section; write [{full}] with keys under it")
-            kwargs[key] = build_model_config(value, prefix=f"{full}.", source=source)
-        elif dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {full} is a section; write [{full}] with keys under it")
-            kwargs[key] = build(hint, value, prefix=f"{full}.", source=source)
-        else:
-            kwargs[key] = check_value(full, hint, value, source)
-    if cls is Config and "model" not in kwargs:
-        kwargs["model"] = build_model_config({}, prefix="model.", source=source)
+            allowed = [*fields, *getattr(cls, "ALIASES", {})]
+            raise ConfigError(_unknown_key_message(f"{prefix}{key}", key, allowed, prefix, source))
+        kwargs[key] = _build_value(f"{prefix}{key}", hints[key], value, source)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {_in_list_item(exc, prefix)}") from None
+
+
+def _build_value(key: str, hint: Any, value: Any, source: str) -> Any:
+    """One field's value: a table, a list of tables (``[[key]]``), the model section, or a plain value."""
+    if hint is ModelConfig or dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} is a section; write [{key}] with keys under it")
+        if hint is ModelConfig:
+            return build_model_config(value, prefix=f"{key}.", source=source)
+        return _build(hint, value, prefix=f"{key}.", source=source)
+    item_cls = _table_list_item(hint)
+    if item_cls is not None:
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise ConfigError(f"{source}: {key} must be written as [[{key}]] tables")
+        return [_build(item_cls, item, prefix=f"{key}[{i}].", source=source) for i, item in enumerate(value)]
+    return check_value(key, hint, value, source)
+
+
+def _table_list_item(hint: Any) -> type | None:
+    """``FinetuneSpec`` for ``list[FinetuneSpec]``: a field written as ``[[table]]`` items; else None."""
+    args = get_args(hint)
+    if get_origin(hint) is list and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _resolve_aliases(cls: type, values: dict[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    """Replace each alias of ``cls.ALIASES`` (``minutes``) by its field (``seconds``), scaled."""
+    aliases: dict[str, Alias] = getattr(cls, "ALIASES", {})
+    if not any(alias in values for alias in aliases):
+        return values
+    values = dict(values)
+    hints = typing.get_type_hints(cls)
+    for alias, (canonical, factor) in aliases.items():
+        if alias not in values:
+            continue
+        if canonical in values:
+            raise ConfigError(f"{source}: both {prefix}{alias} and {prefix}{canonical} are set; give one of them")
+        value = check_value(f"{prefix}{alias}", hints[canonical], values.pop(alias), source)
+        values[canonical] = [v * factor for v in value] if isinstance(value, list) else value * factor
+    return values
+
+
+def _in_list_item(exc: ConfigError, prefix: str) -> str:
+    """The message of a failed check, naming the ``[[table]]`` item it failed in.
+
+    A list item's checks name their keys by table (``finetune.recipe``); the loader knows
+    which item it is building (``prefix`` = ``finetune[1].``) and says so: ``finetune[1].recipe``.
+    """
+    table = prefix.rsplit("[", 1)[0]
+    if "[" not in prefix or not exc.key.startswith(f"{table}."):
+        return str(exc)
+    return f"{prefix}{exc.key[len(table) + 1:]}{str(exc)[len(exc.key):]}"
 
 
 def build_model_config(values: dict[str, Any], *, prefix: str, source: str) -> ModelConfig:
     """``[model]``: name and size pick the architecture's defaults; other keys override its fields."""
-    from speechbs.models.registry import MODELS  # imports torch: only when a model is configured
-
     values = dict(values)
     values.pop("arch", None)  # never a TOML key; tolerate a hand-edited dump
     name = check_value(f"{prefix}name", typing.get_type_hints(ModelConfig)["name"],
                        values.pop("name", ModelConfig.name), source)
     size = check_value(f"{prefix}size", typing.get_type_hints(ModelConfig)["size"],
                        values.pop("size", ModelConfig.size), source)
-    spec = MODELS[name]
-    if size not in spec.sizes:
+    sizes = SIZES[name]
+    if size not in sizes:
         raise ConfigError(f"{source}: {prefix}size = {size!r} is not defined for {name}; "
-                          f"choose one of {', '.join(spec.sizes)}")
-    defaults = spec.sizes[size]()
+                          f"choose one of {', '.join(sizes)}")
+    defaults = sizes[size]()
     arch_fields = {f.name: f for f in dataclasses.fields(defaults) if f.init}
     hints = typing.get_type_hints(type(defaults))
     overrides = {}
@@ -178,7 +231,13 @@ def build_model_config(values: dict[str, Any], *, prefix: str, source: str) -> M
 
 
 def _unknown_key_message(full: str, key: str, allowed: list[str], prefix: str, source: str) -> str:
-    where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+    table = prefix.rstrip(".")
+    if not table:
+        where = "the top level"
+    elif table.endswith("]"):  # an item of a list of tables, finetune[1]
+        where = f"[[{table.rsplit('[', 1)[0]}]]"
+    else:
+        where = f"[{table}]"
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" Did you mean {prefix}{close[0]}?" if close else ""
     return f"{source}: unknown key {full!r}. Allowed in {where}: {', '.join(allowed)}.{hint}"
@@ -228,7 +287,7 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict; the model's ``arch`` fields are flattened into ``model``."""
     tree = dataclasses.asdict(cfg)
     model = tree.get("model")
@@ -238,7 +297,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return tree
 
 
-def dump_toml(cfg: Any) -> str:
+def dump_toml(cfg: Config) -> str:
     """The resolved config as TOML (every field, defaults included)."""
     lines: list[str] = []
     _dump_table(to_dict(cfg), [], lines)
@@ -268,13 +327,13 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
-def config_hash(cfg: Any, length: int = 10) -> str:
+def config_hash(cfg: Config, length: int = 10) -> str:
     """Stable hash of the resolved config (key order and float formatting do not matter)."""
     canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
-def save_config(cfg: Any, run_dir: str | Path) -> Path:
+def save_config(cfg: Config, run_dir: str | Path) -> Path:
     path = Path(run_dir) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, f"# resolved config, hash {config_hash(cfg)}\n" + dump_toml(cfg))

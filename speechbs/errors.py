@@ -16,7 +16,25 @@ class SpeechbsError(ValueError):
 
 
 class ConfigError(SpeechbsError):
-    """An unknown key, a wrong type or an impossible value in a recipe or ``--set``."""
+    """An unknown key, a wrong type or an impossible value in a recipe or ``--set``.
+
+    ``key`` is the dotted setting the message is about (empty when it is about no one key);
+    the config loader reads it to say which ``[[table]]`` item a check failed in.
+    """
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError("key: message")`` unless ``condition``: the check-and-explain helper of every schema.
+
+    ``key`` names the setting as a user writes it (``batch.seconds``); ``message`` says what is
+    wrong and what to give instead (``must be > 0``).
+    """
+    if not condition:
+        raise ConfigError(f"{key}: {message}", key=key)
 
 
 class DataError(SpeechbsError):

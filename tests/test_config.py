@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from speechbs.config import Config
-from speechbs.configio import config_hash, dump_toml, field_docs, load_config, parse_override, save_config
+from speechbs.config import BatchConfig, Config
+from speechbs.configio import (config_from_toml, config_hash, dump_toml, field_docs, load, load_config,
+                               parse_override, save_config)
 from speechbs.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,32 @@ def test_compile_settings_without_compile_warn_that_they_do_nothing():
 def test_minutes_and_seconds_together_is_an_error():
     with pytest.raises(ConfigError, match="both batch.minutes and batch.seconds"):
         load_config(None, ["batch.minutes=1", "batch.seconds=60"])
+
+
+def test_aliases_are_declared_on_their_schema_and_scaled_once():
+    assert BatchConfig.ALIASES["max_device_minutes"].field == "max_device_seconds"
+    cfg = load(Config, overrides=["batch.max_device_minutes=0.5", "batch.minutes=2"])
+    assert cfg.batch.max_device_seconds == 30.0 and cfg.batch.seconds == 120.0
+
+
+def test_load_reads_text_and_names_its_source():
+    cfg = load(Config, text="[batch]\nminutes = 2\n", source="config saved in x.pt")
+    assert cfg.batch.seconds == 120.0
+    assert config_from_toml("[run]\nseed = 5\n", "saved", ["run.seed=6"]).run.seed == 6
+    with pytest.raises(ConfigError, match="config saved in x.pt is not valid TOML"):
+        load(Config, text="[batch\n", source="config saved in x.pt")
+    with pytest.raises(ConfigError, match="^saved with --set: unknown key 'run.sed'"):
+        config_from_toml("", "saved", ["run.sed=1"])
+
+
+def test_loading_a_recipe_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, speechbs.configio as c; c.load_config('recipes/wavlm/tiny_builtin.toml'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_dump_reloads_to_the_same_config_and_hash(tmp_path):

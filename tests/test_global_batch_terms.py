@@ -18,7 +18,7 @@ from speechbs.data.batching import GlobalBatch, Segment
 from speechbs.data.loader import AudioBatch
 from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext
-from speechbs.models import wavlm
+from speechbs.models import wavlm, wavlm_config
 from speechbs.models.blocks.mixing import MixPartners
 from speechbs.models.registry import MODELS
 from speechbs.pretrain import build_pretrain_task
@@ -114,7 +114,7 @@ def _with_partners(rows: list[int], chosen: dict[int, Segment]) -> tuple[AudioBa
 
 def _wavlm_run(scope: str, split: list[list[int]], mix_prob: float = 0.5) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = wavlm.WavLMModel(wavlm.tiny(**QUIET, label_rate_hz=50.0, num_clusters=8, mix_prob=mix_prob,
+    model = wavlm.WavLMModel(wavlm_config.tiny(**QUIET, label_rate_hz=50.0, num_clusters=8, mix_prob=mix_prob,
                                         mix_scope=scope)).double().train()
     batch = GlobalBatch(0, 3, tuple(Segment(r, 0, n) for r, n in enumerate(LENGTHS)), sum(LENGTHS), 0)
     chosen = PartnerDraw(probability=0.5, seed=7).choose(batch)
@@ -141,7 +141,7 @@ def test_wavlm_mixing_is_the_same_for_one_or_three_micro_batches() -> None:
 
 
 def test_partners_and_scope_must_agree() -> None:
-    model = wavlm.WavLMModel(wavlm.tiny(mix_scope="micro_batch")).train()
+    model = wavlm.WavLMModel(wavlm_config.tiny(mix_scope="micro_batch")).train()
     mb = _rows([0, 1])
     with pytest.raises(ValueError, match="mix_scope"):
         model(mb.wav_BT.float(), mb.lengths_B, seeds_B=mb.indices_B, targets=_labels([0, 1]),

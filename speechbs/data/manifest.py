@@ -151,9 +151,16 @@ def _read_rates(tsv: Path, num_lines: int) -> np.ndarray | None:
     return np.asarray([int(v) for v in values], dtype=np.int64)
 
 
-def label_path(manifest_path: str | Path, ext: str) -> Path:
-    """``train.tsv`` + ``ltr`` -> ``train.ltr``."""
-    return Path(manifest_path).with_suffix(f".{ext}")
+def label_path(manifest_path: str | Path, ext: str, label_dir: str | Path = "") -> Path:
+    """``train.tsv`` + ``ltr`` -> ``train.ltr`` beside the manifest, or ``<label_dir>/train.ltr`` when given.
+
+    The one place that says where a manifest's labels are (``data.labels`` and
+    ``data.label_dir``), for every reader and writer: fine-tuning's transcripts,
+    HuBERT's cluster labels, ``speechbs validate`` and ``speechbs targets label``.
+    """
+    manifest_path = Path(manifest_path)
+    name = f"{manifest_path.stem}.{ext}"
+    return Path(label_dir) / name if str(label_dir) else manifest_path.with_name(name)
 
 
 def words_to_letters(text: str) -> str:
@@ -175,13 +182,14 @@ def write_labels(transcripts: list[str], manifest_path: str | Path) -> tuple[Pat
     return wrd, ltr
 
 
-def read_labels(manifest: Manifest, ext: str) -> list[str]:
-    """Read the label file beside ``manifest`` and check it lines up with it."""
-    assert manifest.source is not None, "labels are found beside the manifest's .tsv"
-    path = label_path(manifest.source, ext)
+def read_labels(manifest: Manifest, ext: str, label_dir: str | Path = "") -> list[str]:
+    """Read the label file of ``manifest`` (beside it, or in ``label_dir``) and check it lines up with it."""
+    assert manifest.source is not None, "labels are found by the manifest's .tsv name"
+    path = label_path(manifest.source, ext, label_dir)
     if not path.is_file():
-        raise DataError(f"label file {path} does not exist; it must sit beside {manifest.source} "
-                        f"with one line per utterance (build both with `speechbs manifest`)")
+        where = f"in the label directory {label_dir}" if str(label_dir) else f"beside {manifest.source}"
+        raise DataError(f"label file {path} does not exist; it must sit {where} with one line per "
+                        f"utterance of {manifest.source} (build both with `speechbs manifest`)")
     lines = read_lines(path, "label file")
     if len(lines) != len(manifest):
         raise DataError(f"{path} has {len(lines)} lines but {manifest.source} has {len(manifest)} "

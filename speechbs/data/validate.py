@@ -35,7 +35,9 @@ from speechbs.textio import read_text, require_file
 
 RECEPTIVE_FIELD_SAMPLES = 400
 """Receptive field of the wav2vec 2.0 feature encoder (Baevski et al. 2020, sec. 2), in
-model-rate samples: 25 ms at 16 kHz. Shorter input gives zero frames."""
+model-rate samples: 25 ms at 16 kHz. Shorter input gives zero frames. Written out because
+data/ does not import models/; a test checks it against ``models.frames.receptive_field_samples``
+of the BASE conv stack."""
 
 DEFAULT_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
 """The letter vocabulary of LibriSpeech-style CTC targets (plus space / ``|`` between words)."""
@@ -286,9 +288,14 @@ def _strip_path(message: str, path: Path) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def write_cleaned(manifest: Manifest, report: ValidationReport, out_path: str | Path) -> list[Path]:
-    """Write the usable utterances to ``out_path`` (with rates from the headers) and
-    subset every label file beside the input manifest that lines up with it."""
+def write_cleaned(manifest: Manifest, report: ValidationReport, out_path: str | Path,
+                  label_dir: str | Path = "") -> list[Path]:
+    """Write the usable utterances to ``out_path`` (with rates from the headers) and subset every label
+    file of the input manifest that lines up with it.
+
+    Labels are read and written where training looks for them (:func:`~speechbs.data.manifest.label_path`):
+    beside the manifests, or in ``label_dir`` (``train.ltr`` -> ``<label_dir>/train.clean.ltr``).
+    """
     keep = report.keep_indices()
     if not keep:
         raise DataError(f"{report.source}: no usable utterance left; see the problems above")
@@ -297,27 +304,30 @@ def write_cleaned(manifest: Manifest, report: ValidationReport, out_path: str | 
     cleaned = Manifest(manifest.root, [manifest.paths[i] for i in keep], np.asarray(counts), np.asarray(rates))
     written = [write_manifest(cleaned, out_path)]
     for ext in LABEL_EXTS if manifest.source else ():
-        if not label_path(manifest.source, ext).is_file():
+        if not label_path(manifest.source, ext, label_dir).is_file():
             continue
         try:
-            lines = read_labels(manifest, ext)
+            lines = read_labels(manifest, ext, label_dir)
         except DataError as exc:
             print(f"not carried over: {exc}", file=sys.stderr)
             continue
-        written.append(write_text(label_path(out_path, ext), "".join(f"{lines[i]}\n" for i in keep)))
+        written.append(write_text(label_path(out_path, ext, label_dir), "".join(f"{lines[i]}\n" for i in keep)))
     return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="fairseq .tsv manifest (root on line 1, then path<TAB>num_samples)")
-    parser.add_argument("--labels", choices=("ltr", "wrd"), help="also check this label file beside it")
+    parser.add_argument("--labels", choices=("ltr", "wrd"),
+                        help="also check this label file, beside the manifest or in the label directory")
+    parser.add_argument("--label-dir", help="directory of the label files when they are not beside the manifest "
+                                            "(default: the recipe's data.label_dir, else beside it)")
     parser.add_argument("--vocab", help="fairseq dictionary (dict.ltr.txt); default letters A-Z and '")
     parser.add_argument("--strict", action="store_true",
                         help="exit 2 listing the problems if any utterance would be skipped; write nothing")
     parser.add_argument("--decode", action="store_true", help="decode every file too (slower; finds corrupt data)")
     parser.add_argument("--output", help="cleaned manifest path (default: <stem>.clean.tsv beside the input)")
     parser.add_argument("--no-write", action="store_true", help="report only; write no cleaned manifest")
-    parser.add_argument("--recipe", help="TOML recipe whose [audio] section sets the rules")
+    parser.add_argument("--recipe", help="TOML recipe whose [audio] section sets the rules (and [data] label_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set audio.on_other_rate=reject")
     parser.add_argument("--max-listed", type=int, default=20, help="problems listed (0: all)")
@@ -326,11 +336,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides).audio
+    cfg = load_config(args.recipe, args.overrides)
+    label_dir = cfg.data.label_dir if args.label_dir is None else args.label_dir
     manifest = read_manifest(args.manifest)
-    labels = read_labels(manifest, args.labels) if args.labels else None
+    labels = read_labels(manifest, args.labels, label_dir) if args.labels else None
     vocab = read_vocab(args.vocab) if args.vocab else DEFAULT_VOCAB
-    report = validate_manifest(manifest, cfg, labels=labels, label_kind=args.labels or "ltr",
+    report = validate_manifest(manifest, cfg.audio, labels=labels, label_kind=args.labels or "ltr",
                                vocab=vocab, decode=args.decode, num_threads=args.threads)
     print(report.format(max_listed=args.max_listed, list_warnings=args.verbose))
     if not report.keep_indices():  # nothing to train on, whatever the flags: never exit 0
@@ -346,6 +357,6 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_write:
         stem, _ = os.path.splitext(args.manifest)
         out = Path(args.output or f"{stem}.clean.tsv")
-        written = write_cleaned(manifest, report, out)
+        written = write_cleaned(manifest, report, out, label_dir)
         print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

@@ -1,7 +1,7 @@
 """Weight conversion from Hugging Face transformers' wav2vec 2.0, HuBERT and WavLM into speechbs.
 
 ``from_hf_wav2vec2(model_or_state_dict, hf_config)`` returns a
-:class:`~speechbs.models.wav2vec2.Wav2Vec2Config` and a state dict that loads
+:class:`~speechbs.models.wav2vec2_config.Wav2Vec2Config` and a state dict that loads
 strictly into :class:`~speechbs.models.wav2vec2.Wav2Vec2Model`. It accepts a
 ``Wav2Vec2ForPreTraining`` (all weights), or a ``Wav2Vec2Model`` /
 ``Wav2Vec2ForCTC`` state dict (encoder only; the quantizer and heads are then
@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from speechbs.models.hubert import HubertConfig
-from speechbs.models.wav2vec2 import Wav2Vec2Config
-from speechbs.models.wavlm import WavLMConfig
+from speechbs.models.hubert_config import HubertConfig
+from speechbs.models.wav2vec2_config import Wav2Vec2Config
+from speechbs.models.wavlm_config import WavLMConfig
 
 # (HF pattern, speechbs replacement), applied to names without the "wav2vec2." prefix.
 _RENAMES: list[tuple[str, str]] = [

@@ -1,5 +1,8 @@
 """Model name -> (config class, model class, size functions): a plain dict, no decorators.
 
+The config classes and sizes come from the torch-free table in ``sizes.py``; this module
+adds the model classes (and so imports torch).
+
 A recipe names a model (``model.name = "wav2vec2"``) and a size; the training
 code looks both up here. ``needs_labels``: the pretraining forward takes
 cluster targets (``ClusterTargets``), so the task must attach label files.
@@ -11,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from speechbs.models import hubert, wav2vec2, wavlm
+from speechbs.models.sizes import CONFIG_CLASSES, SIZES
 
 
 class ModelEntry(NamedTuple):
@@ -23,12 +27,9 @@ class ModelEntry(NamedTuple):
 
 
 MODELS: dict[str, ModelEntry] = {
-    "wav2vec2": ModelEntry(wav2vec2.Wav2Vec2Config, wav2vec2.Wav2Vec2Model,
-                           {"tiny": wav2vec2.tiny, "base": wav2vec2.base, "large": wav2vec2.large}),
-    "hubert": ModelEntry(hubert.HubertConfig, hubert.HubertModel,
-                         {"tiny": hubert.tiny, "base": hubert.base, "large": hubert.large}, needs_labels=True),
-    "wavlm": ModelEntry(wavlm.WavLMConfig, wavlm.WavLMModel,
-                        {"tiny": wavlm.tiny, "base": wavlm.base, "large": wavlm.large}, needs_labels=True),
+    "wav2vec2": ModelEntry(CONFIG_CLASSES["wav2vec2"], wav2vec2.Wav2Vec2Model, SIZES["wav2vec2"]),
+    "hubert": ModelEntry(CONFIG_CLASSES["hubert"], hubert.HubertModel, SIZES["hubert"], needs_labels=True),
+    "wavlm": ModelEntry(CONFIG_CLASSES["wavlm"], wavlm.WavLMModel, SIZES["wavlm"], needs_labels=True),
 }
 
 

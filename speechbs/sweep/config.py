@@ -10,15 +10,17 @@ A sweep recipe is a TOML file with four parts::
 
 Recipe paths (``pretrain_recipe``, ``[[finetune]].recipe``) are relative to the
 sweep file, so a sweep travels with its recipes; manifests are relative to the
-working directory, as in every other recipe. Loading is in :mod:`speechbs.sweep.plan`.
+working directory, as in every other recipe. :func:`speechbs.sweep.plan.load_sweep` loads it
+(through :func:`speechbs.configio.load`, as every config).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from speechbs.config import _require  # the schema's one check-and-explain helper
+from speechbs.config import Alias, minutes_for
+from speechbs.errors import require
 
 BUDGETS = ("steps", "hours", "steps_with_milestones")
 
@@ -58,19 +60,19 @@ class SweepSection:
     """Extra ``section.key=value`` overrides for every pretraining run (e.g. ``optim.lr_rule=sqrt``)."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "sweep.name", "must be a non-empty name without '/'")
-        _require(bool(self.pretrain_recipe), "sweep.pretrain_recipe",
-                 "is required: the pretraining recipe every point starts from (path relative to the sweep file)")
+        require(bool(self.name) and "/" not in self.name, "sweep.name", "must be a non-empty name without '/'")
+        require(bool(self.pretrain_recipe), "sweep.pretrain_recipe",
+                "is required: the pretraining recipe every point starts from (path relative to the sweep file)")
         if self.budget == "hours":
-            _require(self.hours > 0, "sweep.hours", "must be > 0 with budget = 'hours' (hours of audio per point)")
+            require(self.hours > 0, "sweep.hours", "must be > 0 with budget = 'hours' (hours of audio per point)")
         else:
-            _require(self.steps >= 1, "sweep.steps", f"must be >= 1 with budget = {self.budget!r}")
+            require(self.steps >= 1, "sweep.steps", f"must be >= 1 with budget = {self.budget!r}")
         if self.budget == "steps_with_milestones":
-            _require(bool(self.milestone_hours), "sweep.milestone_hours",
-                     "is required with budget = 'steps_with_milestones' (hours seen to keep checkpoints at)")
-        _require(all(h > 0 for h in self.milestone_hours), "sweep.milestone_hours", "must all be > 0")
-        _require(not self.finetune_milestones or bool(self.milestone_hours), "sweep.finetune_milestones",
-                 "needs sweep.milestone_hours")
+            require(bool(self.milestone_hours), "sweep.milestone_hours",
+                    "is required with budget = 'steps_with_milestones' (hours seen to keep checkpoints at)")
+        require(all(h > 0 for h in self.milestone_hours), "sweep.milestone_hours", "must all be > 0")
+        require(not self.finetune_milestones or bool(self.milestone_hours), "sweep.finetune_milestones",
+                "needs sweep.milestone_hours")
 
 
 @dataclass(kw_only=True)
@@ -78,10 +80,8 @@ class GridSection:
     """``[grid]``: the axes of the sweep; every combination is one point."""
 
     batch_seconds: list[float] = field(default_factory=list)
-    """Batch sizes, seconds of audio per optimizer step over all devices (``batch.seconds``), s."""
-
-    batch_minutes: list[float] = field(default_factory=list)
-    """The same in minutes (give one of ``batch_seconds`` and ``batch_minutes``), min."""
+    """Batch sizes, seconds of audio per optimizer step over all devices (``batch.seconds``), s. A recipe
+    may give ``batch_minutes`` instead."""
 
     lr_rule: list[Literal["none", "linear", "sqrt"]] = field(default_factory=list)
     """LR scaling rules to try (``optim.lr_rule``); empty: the base recipe's rule."""
@@ -92,18 +92,15 @@ class GridSection:
     seed: list[int] = field(default_factory=list)
     """Seeds to try (``run.seed``); empty: the base recipe's seed."""
 
+    ALIASES: ClassVar[dict[str, Alias]] = {"batch_minutes": minutes_for("batch_seconds")}
+
     def __post_init__(self) -> None:
-        _require(not (self.batch_seconds and self.batch_minutes), "grid.batch_minutes",
-                 "give grid.batch_seconds or grid.batch_minutes, not both")
-        if self.batch_minutes:
-            self.batch_seconds = [m * 60.0 for m in self.batch_minutes]
-            self.batch_minutes = []
-        _require(bool(self.batch_seconds), "grid.batch_seconds",
-                 "is required: a list of batch sizes in seconds of audio, e.g. [87.5, 600, 4800]")
-        _require(all(s > 0 for s in self.batch_seconds), "grid.batch_seconds", "must all be > 0")
+        require(bool(self.batch_seconds), "grid.batch_seconds",
+                "is required: a list of batch sizes in seconds of audio, e.g. [87.5, 600, 4800]")
+        require(all(s > 0 for s in self.batch_seconds), "grid.batch_seconds", "must all be > 0")
         for key in ("batch_seconds", "lr_rule", "model_size", "seed"):
             values = getattr(self, key)
-            _require(len(set(values)) == len(values), f"grid.{key}", f"has a repeated value: {values}")
+            require(len(set(values)) == len(values), f"grid.{key}", f"has a repeated value: {values}")
 
 
 @dataclass(kw_only=True)
@@ -123,9 +120,9 @@ class FinetuneSpec:
     """Extra ``section.key=value`` overrides for this fine-tuning run."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name and "@" not in self.name, "finetune.name",
-                 "is required: a short name without '/' or '@', e.g. '10min'")
-        _require(bool(self.recipe), f"finetune[{self.name}].recipe", "is required (path relative to the sweep file)")
+        require(bool(self.name) and "/" not in self.name and "@" not in self.name, "finetune.name",
+                "is required: a short name without '/' or '@', e.g. '10min'")
+        require(bool(self.recipe), "finetune.recipe", "is required (path relative to the sweep file)")
 
 
 @dataclass(kw_only=True)
@@ -142,9 +139,9 @@ class TestSpec:
     """Extra ``speechbs decode`` arguments, e.g. ``["--beam", "50", "--lm", "4gram.arpa"]``."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "test.name",
-                 "is required: a short name without '/', e.g. 'test-clean'")
-        _require(bool(self.manifest), f"test[{self.name}].manifest", "is required (a .tsv manifest)")
+        require(bool(self.name) and "/" not in self.name, "test.name",
+                "is required: a short name without '/', e.g. 'test-clean'")
+        require(bool(self.manifest), "test.manifest", "is required (a .tsv manifest)")
 
 
 @dataclass(kw_only=True)
@@ -181,12 +178,12 @@ class NoiseSpec:
         return (not self.points or batch_s in self.points) and (not self.seeds or seed is None or seed in self.seeds)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "noise.name", "is required: a short name without '/'")
-        _require(bool(self.manifest), f"noise[{self.name}].manifest", "is required (a .tsv manifest)")
-        _require(bool(self.batch_seconds) and all(b > 0 for b in self.batch_seconds),
-                 f"noise[{self.name}].batch_seconds", "must be a non-empty list of positive seconds")
-        _require(self.repeats >= 2, f"noise[{self.name}].repeats", "must be >= 2 (10 or more is useful)")
-        _require(all(k >= 1 for k in self.steps), f"noise[{self.name}].steps", "must all be >= 1")
+        require(bool(self.name) and "/" not in self.name, "noise.name", "is required: a short name without '/'")
+        require(bool(self.manifest), "noise.manifest", "is required (a .tsv manifest)")
+        require(bool(self.batch_seconds) and all(b > 0 for b in self.batch_seconds),
+                "noise.batch_seconds", "must be a non-empty list of positive seconds")
+        require(self.repeats >= 2, "noise.repeats", "must be >= 2 (10 or more is useful)")
+        require(all(k >= 1 for k in self.steps), "noise.steps", "must all be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -208,9 +205,12 @@ class SweepConfig:
     noise: list[NoiseSpec] = field(default_factory=list)
     """Fixed-state gradient-noise measurements of the pretrained checkpoints (none: no noise stage)."""
 
+    REQUIRED_TABLES: ClassVar[dict[str, str]] = {
+        "sweep": "a sweep recipe needs a [sweep] table (is this a pretraining recipe? run it with `speechbs pretrain`)"}
+
     def __post_init__(self) -> None:
         for key, items in (("finetune", self.finetune), ("test", self.test), ("noise", self.noise)):
             names = [item.name for item in items]
-            _require(len(set(names)) == len(names), key, f"names must differ, got {names}")
-        _require(not self.test or bool(self.finetune), "test",
-                 "needs at least one [[finetune]]: test sets are decoded with fine-tuned models")
+            require(len(set(names)) == len(names), key, f"names must differ, got {names}")
+        require(not self.test or bool(self.finetune), "test",
+                "needs at least one [[finetune]]: test sets are decoded with fine-tuned models")

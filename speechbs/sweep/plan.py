@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speechbs.configio import _set_dotted, build, config_hash, load_config, parse_override, read_toml, toml_str
+from speechbs.configio import config_hash, load, load_config, parse_override, toml_str
 from speechbs.errors import ConfigError
-from speechbs.sweep.config import FinetuneSpec, GridSection, NoiseSpec, SweepConfig, SweepSection, TestSpec
+from speechbs.sweep.config import FinetuneSpec, GridSection, SweepConfig, SweepSection
 from speechbs.train.schedule import peak_lr
 
 
@@ -67,28 +67,7 @@ class SweepPlan:
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Read and check a sweep recipe (``--set sweep.hours=2`` style overrides apply to it)."""
-    path = Path(path)
-    tree = read_toml(path)
-    source = str(path) + (" with --set" if overrides else "")
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(tree, key, value)
-    if "sweep" not in tree:
-        raise ConfigError(f"{source}: a sweep recipe needs a [sweep] table (is this a pretraining recipe? "
-                          f"run it with `speechbs pretrain`)")
-    lists = {key: tree.pop(key, []) for key in ("finetune", "test", "noise")}
-    cfg = build(SweepConfig, tree, prefix="", source=source)
-    spec_types = {"finetune": FinetuneSpec, "test": TestSpec, "noise": NoiseSpec}
-    for key, items in lists.items():
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise ConfigError(f"{source}: {key} must be written as [[{key}]] tables")
-        specs = [build(spec_types[key], item, prefix=f"{key}[{i}].", source=source) for i, item in enumerate(items)]
-        setattr(cfg, key, specs)
-    try:
-        cfg.__post_init__()
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return cfg
+    return load(SweepConfig, path, overrides)
 
 
 def plan_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None) -> SweepPlan:

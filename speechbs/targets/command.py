@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from speechbs.data.manifest import read_manifest
+from speechbs.data.manifest import label_path, read_manifest
 from speechbs.dist import device_from_name
 from speechbs.errors import SpeechbsError
 from speechbs.targets import features as feats
 from speechbs.targets.kmeans import BACKENDS, FrameSampler, KMeansModel, KMeansSettings, choose_rows, fit
-from speechbs.targets.labels import ClusterLabelWriter, LabelMeta, label_path, manifest_hash
+from speechbs.targets.labels import ClusterLabelWriter, LabelMeta, manifest_hash
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from speechbs.atomic import write_text
 from speechbs.data.batching import Segment
-from speechbs.data.manifest import Manifest
+from speechbs.data.manifest import Manifest, label_path
 from speechbs.errors import DataError
 from speechbs.models.hubert import ClusterTargets  # the model's input type; labels are made here
 from speechbs.textio import read_text
@@ -45,13 +45,6 @@ LENGTH_TOLERANCE_FRAMES = 3
 framing arithmetic fall short of duration x rate by 1-2 frames (Kaldi MFCC:
 N/160 - 1.5 at 100 Hz; the conv stack: N/320 - 0.25 at 50 Hz); a wrong label
 rate (100 vs 50 Hz, fairseq issue #5097) is off by half the row."""
-
-
-def label_path(manifest_path: str | Path, ext: str, label_dir: str | Path = "") -> Path:
-    """``train.tsv`` + ``km`` -> ``train.km`` beside the manifest, or in ``label_dir`` when given."""
-    manifest_path = Path(manifest_path)
-    name = f"{manifest_path.stem}.{ext}"
-    return Path(label_dir) / name if str(label_dir) else manifest_path.with_name(name)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -180,8 +173,9 @@ def read_cluster_labels(manifest: Manifest, manifest_path: str | Path, ext: str,
     """
     path = label_path(manifest_path, ext, label_dir)
     if not path.is_file():
+        in_dir = f" --label-dir {label_dir}" if str(label_dir) else ""
         raise DataError(f"label file {path} does not exist; make it with "
-                        f"`speechbs targets label --manifest {manifest_path} --ext {ext}`")
+                        f"`speechbs targets label --manifest {manifest_path} --ext {ext}{in_dir}`")
     meta = read_label_meta(path)
     if meta.manifest_rows != len(manifest) or meta.manifest_hash != manifest_hash(manifest):
         raise DataError(f"{path} was made for another manifest ({meta.manifest_rows} rows, hash "

@@ -91,6 +91,14 @@ def test_min_seconds_replaces_the_receptive_field(corpus: Path) -> None:
     assert [p.path for p in report.problems if p.rule == "too_short"] == ["short.wav"]
 
 
+def test_the_receptive_field_is_the_conv_stacks() -> None:
+    from speechbs.data.validate import RECEPTIVE_FIELD_SAMPLES
+    from speechbs.models.encoder_config import BASE_CONV
+    from speechbs.models.frames import receptive_field_samples
+
+    assert RECEPTIVE_FIELD_SAMPLES == receptive_field_samples(BASE_CONV)
+
+
 def test_header_mismatch_and_stale_rates(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", 1000)
     write_wav(tmp_path / "b.wav", 1000)
@@ -133,6 +141,34 @@ def test_misaligned_labels_and_bad_settings_are_errors_not_tracebacks(corpus: Pa
     assert cli(["validate", str(corpus), "--set", "audio.on_other_rate=maybe"]) == 2
     err = capsys.readouterr().err
     assert "m.wrd has 1 lines" in err and "audio.on_other_rate" in err and "Traceback" not in err
+
+
+def test_labels_in_a_label_dir_are_found_by_validate_and_by_training(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from speechbs.configio import load_config
+    from speechbs.finetune import label_lines
+
+    audio, labels = tmp_path / "audio", tmp_path / "labels"
+    audio.mkdir()
+    labels.mkdir()
+    for name in ("a.wav", "b.wav"):
+        write_wav(audio / name, 16_000)
+    tsv = tmp_path / "train.tsv"
+    write_manifest(Manifest(audio, ["a.wav", "b.wav"], [16_000, 16_000]), tsv)
+    write_labels(["HELLO", "WORLD"], labels / "train.tsv")  # labels/train.ltr, labels/train.wrd
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[data]\nlabels = "ltr"\nlabel_dir = "{labels}"\n')
+
+    assert cli(["validate", str(tsv), "--labels", "ltr", "--label-dir", str(labels), "--strict"]) == 0
+    assert cli(["validate", str(tsv), "--labels", "ltr", "--recipe", str(recipe)]) == 0
+    assert read_labels(read_manifest(tmp_path / "train.clean.tsv"), "ltr", labels) == ["H E L L O |", "W O R L D |"]
+    assert label_lines(str(tsv), load_config(recipe).data) == ["H E L L O |", "W O R L D |"]
+
+    assert cli(["validate", str(tsv), "--labels", "ltr"]) == 2  # beside the manifest there are none
+    assert cli(["validate", str(tsv), "--labels", "ltr", "--label-dir", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"label file {tmp_path / 'train.ltr'} does not exist; it must sit beside {tsv}" in err
+    assert f"label file {tmp_path / 'elsewhere' / 'train.ltr'} does not exist" in err
 
 
 def test_vocabulary_from_a_fairseq_dict(tmp_path: Path) -> None:

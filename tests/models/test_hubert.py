@@ -11,7 +11,7 @@ import torch
 
 from speechbs.data.audio import resample
 from speechbs.errors import ConfigError
-from speechbs.models import hubert, wavlm
+from speechbs.models import hubert, hubert_config, wavlm, wavlm_config
 from speechbs.models.hubert import ClusterTargets
 from speechbs.models.registry import MODELS, model_entry
 
@@ -21,8 +21,8 @@ QUIET = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout
 def _model(kind: str, **overrides) -> hubert.HubertModel:
     torch.manual_seed(0)
     if kind == "wavlm":
-        return wavlm.WavLMModel(wavlm.tiny(**{**QUIET, "mix_prob": 0.0, **overrides}))
-    return hubert.HubertModel(hubert.tiny(**{**QUIET, **overrides}))
+        return wavlm.WavLMModel(wavlm_config.tiny(**{**QUIET, "mix_prob": 0.0, **overrides}))
+    return hubert.HubertModel(hubert_config.tiny(**{**QUIET, **overrides}))
 
 
 def _batch(lengths: list[int], dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +124,7 @@ def test_no_masked_frames_gives_zero_loss_and_encode_contract() -> None:
 
 
 def test_bf16_autocast_forward_runs() -> None:
-    model = wavlm.WavLMModel(wavlm.tiny(mix_prob=1.0)).train()
+    model = wavlm.WavLMModel(wavlm_config.tiny(mix_prob=1.0)).train()
     wav_BT, lengths_B = _batch([16_000, 11_000])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(wav_BT, lengths_B, seeds_B=torch.tensor([1, 2]), targets=_targets([98, 68]), layerdrop_seed=0)
@@ -138,11 +138,11 @@ def test_sizes_and_registry() -> None:
         assert entry.needs_labels and set(entry.sizes) == {"tiny", "base", "large"}
         assert hubert.num_parameters(entry.model_cls(entry.sizes["tiny"]())) < 1_000_000
     assert not MODELS["wav2vec2"].needs_labels
-    b = hubert.base()
+    b = hubert_config.base()
     assert (b.mask_prob, b.mask_length, b.final_dim, b.logit_temperature, b.layerdrop) == (0.8, 10, 256, 0.1, 0.05)
     assert (b.pred_masked_weight, b.pred_nomask_weight, b.feature_penalty_weight) == (1.0, 0.0, 10.0)
-    assert hubert.large().layer_norm_first and hubert.large().num_clusters == 500
-    w = wavlm.base()
+    assert hubert_config.large().layer_norm_first and hubert_config.large().num_clusters == 500
+    w = wavlm_config.base()
     assert (w.num_buckets, w.max_distance, w.mix_prob) == (320, 800, 0.2)
 
 

@@ -11,14 +11,15 @@ import torch
 
 from speechbs.data.audio import resample
 from speechbs.models import wav2vec2 as w2v
+from speechbs.models import wav2vec2_config as w2v_config
 from speechbs.models.registry import MODELS, model_entry
 
 
-def _quiet(**overrides) -> w2v.Wav2Vec2Config:
+def _quiet(**overrides) -> w2v_config.Wav2Vec2Config:
     """tiny with every dropout and layer drop off (deterministic apart from the seeded draws)."""
     settings = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0,
                     dropout_features=0.0, layerdrop=0.0)
-    return w2v.tiny(**{**settings, **overrides})
+    return w2v_config.tiny(**{**settings, **overrides})
 
 
 def _batch(lengths: list[int], dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +130,7 @@ def test_encode_masks_only_when_asked_and_returns_layers() -> None:
 
 def test_bf16_autocast_forward_runs_on_cpu() -> None:
     torch.manual_seed(0)
-    model = w2v.Wav2Vec2Model(w2v.tiny()).train()
+    model = w2v.Wav2Vec2Model(w2v_config.tiny()).train()
     wav_BT, lengths_B = _batch([16_000, 11_000])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(wav_BT, lengths_B, seeds_B=torch.tensor([1, 2]), gumbel_temperature=2.0, layerdrop_seed=0)
@@ -141,12 +142,12 @@ def test_sizes_and_registry() -> None:
     counts = {name: w2v.num_parameters(w2v.Wav2Vec2Model(fn())) for name, fn in MODELS["wav2vec2"].sizes.items()
               if name == "tiny"}
     assert counts["tiny"] < 1_000_000
-    assert w2v.base().num_layers == 12 and w2v.large().layer_norm_first and w2v.large().conv_norm == "layer"
+    assert w2v_config.base().num_layers == 12 and w2v_config.large().layer_norm_first and w2v_config.large().conv_norm == "layer"
     assert model_entry("wav2vec2").model_cls is w2v.Wav2Vec2Model
     with pytest.raises(ValueError, match="known models"):
         model_entry("wav3vec")
     with pytest.raises(ValueError, match="num_heads"):
-        w2v.tiny(num_heads=5)
+        w2v_config.tiny(num_heads=5)
 
 
 def _digit_batch(digits_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from speechbs.models import wavlm
+from speechbs.models import wavlm, wavlm_config
 from speechbs.models.blocks.mixing import mix_utterances
 from speechbs.models.hubert import ClusterTargets
 
@@ -76,7 +76,7 @@ def _targets() -> ClusterTargets:
 
 def test_model_mixes_in_training_only_and_keeps_the_targets() -> None:
     torch.manual_seed(0)
-    model = wavlm.WavLMModel(wavlm.tiny(dropout=0.0, attention_dropout=0.0, dropout_input=0.0, mix_prob=1.0))
+    model = wavlm.WavLMModel(wavlm_config.tiny(dropout=0.0, attention_dropout=0.0, dropout_input=0.0, mix_prob=1.0))
     gen = torch.Generator().manual_seed(1)
     wav_BT = torch.randn(2, 8_000, generator=gen)
     lengths_B = torch.tensor([8_000, 6_000])

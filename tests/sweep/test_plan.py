@@ -52,6 +52,31 @@ def test_bad_recipes_say_what_to_change(tmp_path, body, message):
         plan_sweep(path)
 
 
+@pytest.mark.parametrize("extra, message", [
+    ('[[finetune]]\nname = "other"\n', "finetune[1].recipe: is required"),
+    ('[[noise]]\nmanifest = "n.tsv"\nrepeats = 1\n', "noise[0].repeats: must be >= 2"),
+    ('[[finetune]]\nname = "other"\nrecipe = "ft.toml"\nrecipes = ""\n',
+     "unknown key 'finetune[1].recipes'. Allowed in [[finetune]]: name, recipe"),
+])
+def test_errors_in_a_table_list_name_the_item(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_sweep(write_sweep(tmp_path, extra))
+
+
+def test_a_list_of_tables_must_be_written_as_tables(tmp_path):
+    path = write_sweep(tmp_path)
+    tables = path.read_text().replace('[[finetune]]\nname = "train"\nrecipe = "ft.toml"\n', "")
+    path.write_text("finetune = 3\n" + tables)
+    with pytest.raises(ConfigError, match=r"finetune must be written as \[\[finetune\]\] tables"):
+        load_sweep(path)
+
+
+def test_grid_batch_minutes_is_an_alias_of_batch_seconds(tmp_path):
+    assert load_sweep(write_sweep(tmp_path, grid="batch_minutes = [1, 2.5]")).grid.batch_seconds == [60.0, 150.0]
+    with pytest.raises(ConfigError, match="both grid.batch_minutes and grid.batch_seconds are set"):
+        load_sweep(write_sweep(tmp_path, grid="batch_minutes = [1]\nbatch_seconds = [60.0]"))
+
+
 def test_set_overrides_the_sweep_recipe(tmp_path):
     cfg = load_sweep(write_sweep(tmp_path), ["sweep.hours=2", "grid.batch_seconds=[30.0]"])
     assert cfg.sweep.hours == 2.0 and cfg.grid.batch_seconds == [30.0]

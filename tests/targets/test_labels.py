@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from speechbs.data.batching import Segment
-from speechbs.data.manifest import Manifest, write_manifest
+from speechbs.data.manifest import Manifest, label_path, write_manifest
 from speechbs.errors import DataError
-from speechbs.targets.labels import (LabelMeta, label_path, manifest_hash, read_cluster_labels, sidecar_path,
-                                     write_cluster_labels)
+from speechbs.targets.labels import LabelMeta, manifest_hash, read_cluster_labels, sidecar_path, write_cluster_labels
 
 RATE = 16_000
 
@@ -103,6 +102,8 @@ def test_label_dir_is_used_for_reading(tmp_path) -> None:
         (tmp_path / name).rename(tmp_path / "labels" / name)
     labels = read_cluster_labels(manifest, tsv, "km", label_dir=tmp_path / "labels")
     assert np.array_equal(labels.row(2), rows[2])
+    with pytest.raises(DataError, match=f"label file {tmp_path / 'other' / 'train.km'} does not exist.*--label-dir"):
+        read_cluster_labels(manifest, tsv, "km", label_dir=tmp_path / "other")
 
 
 def test_batch_crops_each_segment_to_its_label_frames_and_pads_with_minus_one(tmp_path) -> None:
