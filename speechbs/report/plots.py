@@ -209,8 +209,9 @@ def fixed_state_axes(axes, records: list[dict]) -> None:
             if not points:
                 continue
             px, py, ci = zip(*points)
-            low = [y - (c[0] if c[0] is not None else y) for y, c in zip(py, ci)]
-            high = [(c[1] if c[1] is not None else 10 * y) - y for y, c in zip(py, ci)]  # unbounded: a long bar
+            # Bars never negative: a record written before intervals were centred can hold its estimate outside.
+            low = [max(0.0, y - (c[0] if c[0] is not None else y)) for y, c in zip(py, ci)]
+            high = [max(0.0, (c[1] if c[1] is not None else 10 * y) - y) for y, c in zip(py, ci)]  # unbounded: long
             line = ax.errorbar(px, py, yerr=[low, high], marker="o", capsize=3, label=label)
             if key == "grad_std":  # fixed state: the std of a mean of independent targets
                 anchor_x = math.exp(sum(math.log(x) for x in px) / len(px))

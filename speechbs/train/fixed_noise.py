@@ -186,7 +186,7 @@ def summarize(measured: BatchGradients, *, seed: int = 0, num_bootstrap: int = N
     real_s = float(measured.seconds_R.mean())
     point = {key: float(value) for key, value in _statistics(gram_RR, real_s, num_params).items()}
     draws = _statistics(_resamples(gram_RR, np.random.default_rng(seed), num_bootstrap), real_s, num_params)
-    ci = {f"{key}_ci": _interval(draws[key], num) for key in STATISTICS}
+    ci = {f"{key}_ci": _interval(_centered(draws[key], point[key]), num) for key in STATISTICS}
     std_mean = _mean_std(grads_RP)
     return BatchNoise(batch_s=measured.batch_s, real_s_mean=real_s,
                       num_targets_mean=float(measured.targets_R.mean()), repeats=num,
@@ -199,6 +199,24 @@ def _mean_std(grads_RP: torch.Tensor, chunk: int = 1 << 22) -> float:
     for start in range(0, grads_RP.shape[1], chunk):
         total += float(grads_RP[:, start:start + chunk].to(torch.float64).std(dim=0, unbiased=True).sum())
     return total / grads_RP.shape[1]
+
+
+def _centered(draws_X: np.ndarray, point: float) -> np.ndarray:
+    """The bootstrap draws shifted so that their median is the estimate ``point``.
+
+    A resample of R repeats with replacement holds repeated batches, so it has (R - 1) / R of
+    the sample's spread: the draws of every variance-type statistic centre below the unbiased
+    estimate (the std by sqrt(0.9) = -5% at R = 10). With many parameters the draws are narrow,
+    and on a real checkpoint the estimate fell above its own 95% interval. The percentile
+    interval assumes draws centred on the estimate; this shift makes it so and keeps their
+    spread. Non-finite draws (B_simple when a resample's |G|^2 estimate is <= 0) stay
+    unbounded above; without a finite median the draws are returned as they are.
+    """
+    unbounded_X = np.where(np.isfinite(draws_X), draws_X, np.inf)
+    if len(unbounded_X) == 0 or not math.isfinite(point):
+        return draws_X
+    median = float(np.median(unbounded_X))
+    return draws_X + (point - median) if math.isfinite(median) else draws_X
 
 
 def _interval(values: np.ndarray, num_repeats: int) -> tuple[float, float]:
@@ -249,7 +267,7 @@ def std_per_doubling(entries: Sequence[BatchNoise], measured: Sequence[BatchGrad
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = (ys_XB > 0).all(axis=1)
         draws = 2 ** _slope(x, np.log2(ys_XB[keep]))
-    return float(point), _interval(draws, min(m.grads_RP.shape[0] for m in measured))
+    return float(point), _interval(_centered(draws, float(point)), min(m.grads_RP.shape[0] for m in measured))
 
 
 def _slope(x_B: np.ndarray, y_XB: np.ndarray) -> np.ndarray:
