@@ -41,6 +41,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from speechbs import seeds
 from speechbs.errors import ConfigError, SpeechbsError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -198,7 +199,7 @@ class DistContext:
         0's weights, but identical init keeps buffers and unwrapped code equal);
         ``False`` for per-rank randomness (dropout, masking), offset by the rank.
         """
-        value = seed if same_on_all_ranks else seed + 1_000_003 * self.rank
+        value = seed if same_on_all_ranks else seeds.rank_seed(seed, self.rank)
         random.seed(value)
         np.random.seed(value % 2**32)
         torch.manual_seed(value)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechbs import seeds
 from speechbs.asr.ctc import CTCTargets, LetterTargets, build_ctc_model, ctc_loss_per_row, greedy_ids
 from speechbs.asr.hf_import import is_hf_dir, load_hf_encoder
 from speechbs.asr.score import edit_distance
@@ -38,7 +39,6 @@ from speechbs.data.manifest import letters_to_words, read_manifest, words_to_let
 from speechbs.dist import DistContext, distributed
 from speechbs.errors import ConfigError, DataError
 from speechbs.models.frames import num_frames
-from speechbs.pretrain import utterance_seeds
 from speechbs.rundir import run_dir_of
 from speechbs.textio import read_lines
 from speechbs.train.loop import Task, train
@@ -152,7 +152,7 @@ def build_finetune_task(cfg: Any, ctx: DistContext, init_state: dict[str, torch.
     ft = cfg.finetune
     train_lines = label_lines(cfg.data.train_manifest, cfg.data)
     vocab, counts = (read_dict(ft.vocab), None) if ft.vocab else build_vocab(train_lines)
-    ctx.seed_everything(cfg.run.seed, same_on_all_ranks=True)
+    ctx.seed_everything(seeds.init_seed(cfg.run.seed), same_on_all_ranks=True)
     model = build_ctc_model(cfg, vocab)
     if init_state is not None:
         missing, unexpected = model.encoder.load_state_dict(init_state, strict=False)
@@ -199,8 +199,8 @@ def freeze_unused(model: nn.Module, sample_rate_hz: int) -> None:
 def _forward(m: nn.Module, mb: AudioBatch, *, step: int, cfg: Any, ctx: DistContext) -> StepOutput:
     mb = mb.to(ctx.device)  # no host sync: the micro-batch loop stays ahead of the device
     wav_BT, lengths_B = mb.wav_BT, mb.lengths_B
-    seeds_B = utterance_seeds(cfg.run.seed, step, mb.indices_B)
-    logits_BTV, frame_lengths_B = m(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=cfg.run.seed * 1_000_003 + step,
+    seeds_B = seeds.utterance_seeds(cfg.run.seed, step, mb.indices_B)
+    logits_BTV, frame_lengths_B = m(wav_BT, lengths_B, seeds_B=seeds_B, layerdrop_seed=seeds.layerdrop_seed(cfg.run.seed, step),
                                     freeze_encoder=step < cfg.finetune.freeze_steps)
     targets: CTCTargets | None = mb.targets
     if targets is None:  # a placeholder: the engine multiplies everything by zero

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from speechbs import seeds
 from speechbs.configio import load_config
 from speechbs.data.loader import AudioBatch, eval_micro_batches
 from speechbs.data.manifest import read_manifest
@@ -30,10 +31,6 @@ from speechbs.train.loop import Task, train
 from speechbs.train import resume
 from speechbs.train.schedule import gumbel_temperature
 from speechbs.train.step import StepOutput, StepReport
-
-# Large odd constants that spread (seed, step) over the int64 range; utterance indices are added.
-_STEP_STRIDE = 10_000_019
-_SEED_STRIDE = 1_000_003
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,18 +50,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def utterance_seeds(seed: int, step: int, indices_B: torch.Tensor) -> torch.Tensor:
-    """One int64 seed per utterance from (run seed, step, manifest row).
-
-    The same utterance at the same step gets the same masks, distractors and
-    Gumbel noise in any micro-batch on any rank: the heart of world-size invariance.
-    """
-    return (seed * _SEED_STRIDE + step) * _STEP_STRIDE + indices_B.to(torch.int64)
-
-
 def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
     spec = MODELS[cfg.model.name]
-    ctx.seed_everything(cfg.run.seed, same_on_all_ranks=True)  # the same initial weights at any world size
+    ctx.seed_everything(seeds.init_seed(cfg.run.seed), same_on_all_ranks=True)  # the same initial weights at any world size
     model = spec.model_cls(cfg.model.arch).to(ctx.device)
     sched = cfg.schedule
     needs_labels = getattr(spec, "needs_labels", False)
@@ -97,8 +85,8 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
 
     def forward(m: nn.Module, mb: AudioBatch, *, step: int, prepared: CodeUsage | None = None) -> StepOutput:
         mb = mb.to(ctx.device)  # no host sync: the micro-batch loop stays ahead of the device
-        out = run_model(m, mb, utterance_seeds(cfg.run.seed, step, mb.indices_B), step,
-                        cfg.run.seed * _SEED_STRIDE + step, prepared)
+        out = run_model(m, mb, seeds.utterance_seeds(cfg.run.seed, step, mb.indices_B), step,
+                        seeds.layerdrop_seed(cfg.run.seed, step), prepared)
         logs = out.loss.logs()
         logs["real_s"] = mb.lengths_B.sum().to(torch.float32) / cfg.audio.sample_rate_hz
         return StepOutput(loss_sum=out.loss.loss_sum, num_targets=out.loss.num_targets.to(torch.float32),
@@ -124,7 +112,7 @@ def build_pretrain_task(cfg: Any, ctx: DistContext) -> Task:
             for mb in batches():
                 mb = mb.to(ctx.device)
                 # Fixed seeds: every validation pass masks the same frames, so curves compare.
-                out = run_model(m, mb, utterance_seeds(cfg.run.seed, 0, mb.indices_B), step, None, usage)
+                out = run_model(m, mb, seeds.utterance_seeds(cfg.run.seed, 0, mb.indices_B), step, None, usage)
                 scale = 0.0 if mb.is_empty else 1.0
                 for key, value in {"loss_sum": out.loss.loss_sum, **out.loss.logs()}.items():
                     sums[key] = sums.get(key, 0.0) + scale * value.detach().to(torch.float64)
@@ -173,7 +161,7 @@ def global_code_usage(m: nn.Module, micro_batches: Iterable[AudioBatch], ctx: Di
                 continue
             mb = mb.to(ctx.device)
             total = total + model.code_usage(mb.wav_BT, mb.lengths_B, gumbel_temperature=gumbel_temperature,
-                                             seeds_B=utterance_seeds(seed, seed_step, mb.indices_B))
+                                             seeds_B=seeds.utterance_seeds(seed, seed_step, mb.indices_B))
     packed = total.pack()
     ctx.all_reduce_sum(packed)
     return CodeUsage.unpack(packed, arch.num_codebooks, arch.codebook_size)

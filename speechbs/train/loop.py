@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from speechbs import seeds
 from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
@@ -164,7 +165,7 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
         set_lr(optimizer, lr)
         # Dropout and other global-RNG draws come from (seed, step, rank): a resume at step k
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
-        ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
+        ctx.seed_everything(seeds.step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         probe = GradNoiseProbe(task.model) if measures(state.step) else None
         prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         stall_for_tests(ctx.rank, state.step + 1)  # SPEECHBS_TEST_STALL only (tests/test_multinode.py)
@@ -312,11 +313,6 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
     else:  # written before marks were recorded: each mark was kept at the step that reached it
         state.marks_kept = [h for h in marks if h <= state.hours_seen]
     return state
-
-
-def _step_seed(seed: int, step: int) -> int:
-    """The global-RNG seed of optimizer step ``step`` (the rank is added by ``seed_everything``)."""
-    return (seed * 1_000_003 + step) * 4_099
 
 
 def _memory(ctx: DistContext) -> dict[str, float]:
