@@ -117,6 +117,20 @@ class DistContext:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_sums(self, sums: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+        """Each named value summed over all ranks, in one float64 all-reduce: the reduction of every
+        count and loss sum (the step engine's, and each task's validation).
+
+        Every rank must pass the same names in the same order (the values are packed by position).
+        The result is read on the host: one sync, so call it once per step or validation pass.
+        """
+        if not sums:
+            return {}
+        packed = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=self.device)
+                              for value in sums.values()])
+        self.all_reduce_sum(packed)
+        return dict(zip(sums, packed.tolist()))
+
     def barrier(self) -> None:
         if self.is_distributed:
             torch_dist.barrier()
