@@ -32,8 +32,7 @@ from typing import Any, Iterator
 import torch
 
 from speechbs.configio import load_config
-from speechbs.data.batching import BatchPlanner
-from speechbs.data.loader import StepData, iter_steps
+from speechbs.data.loader import StepData, build_planner, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext
 from speechbs.pretrain import build_pretrain_task
@@ -68,9 +67,8 @@ class Contender:
 def make_contender(label: str, recipe: str, overrides: list[str], ctx: DistContext) -> Contender:
     cfg = load_config(recipe, overrides)
     manifest = read_manifest(cfg.data.train_manifest)
-    planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
-                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
-                           num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
+    planner = build_planner(manifest, cfg.batch, cfg.audio, cfg.run.seed,
+                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
     task = build_pretrain_task(cfg, ctx)  # seeds the initialization: every setting starts alike
     compiled = None
     if cfg.train.compile:  # cold: this setting compiles everything it runs

@@ -25,7 +25,7 @@ from speechbs import seeds
 from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
-from speechbs.data.loader import TargetsFn, iter_steps
+from speechbs.data.loader import TargetsFn, build_planner, iter_steps
 from speechbs.data.manifest import check_for_training, read_manifest
 from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext, stall_for_tests
@@ -104,9 +104,8 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
     manifest = read_manifest(cfg.data.train_manifest)
     check_for_training(manifest, "data.train_manifest")
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
-    planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
-                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
-                           num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
+    planner = build_planner(manifest, cfg.batch, cfg.audio, cfg.run.seed,
+                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
     run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
                               allow_changes=resume.allow_changes, broadcast=ctx.broadcast_object)
     ckpt_dir = run_dir / "checkpoints"
