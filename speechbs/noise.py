@@ -63,7 +63,7 @@ def parse_batches(text: str) -> list[float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechbs.pretrain import build_pretrain_task
+    from speechbs.tasks.ssl import SSLTask
     from speechbs.train.fixed_noise import measure_gradients, std_per_doubling, summarize
     from speechbs.train.step import precision_context
 
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     step = int(ckpt.get("step", 0))
 
     with distributed(args.backend) as ctx:
-        task = build_pretrain_task(cfg, ctx)
+        task = SSLTask(cfg, ctx)
         try:
             task.model.load_state_dict(ckpt["model"])
         except RuntimeError:
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
             result = measure_gradients(
                 model, (data.micro_batches for data in steps),
                 lambda m, mb, **kw: task.forward(m, mb, step=step, **kw), ctx, batch_s=batch_s, autocast=autocast,
-                prepare=None if task.prepare is None else (lambda m, mbs: task.prepare(m, mbs, step=step)),
+                prepare=lambda m, mbs: task.prepare(m, mbs, step=step),
                 before_batch=lambda r, b=batch_s: ctx.seed_everything(seeds.noise_repeat_seed(args.seed, b, r),
                                                                       same_on_all_ranks=False))
             if ctx.is_main:

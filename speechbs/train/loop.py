@@ -3,9 +3,9 @@
 build -> restore -> loop (plan, step, account, log, validate, checkpoint).
 
 What differs between pretraining and fine-tuning (the model, how a
-micro-batch becomes a loss sum, validation) comes in a :class:`Task`; the
-batch plan, the step engine, schedules, checkpoints and accounting are the
-same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
+micro-batch becomes a loss sum, validation) comes in a task
+(:class:`speechbs.tasks.base.Task`); the batch plan, the step engine,
+schedules, checkpoints and accounting are the same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
 "checkpoint saved, requeue me" (speechbs/train/preempt.py).
 """
 
@@ -15,8 +15,7 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -25,9 +24,8 @@ from speechbs import seeds
 from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
-from speechbs.data.loader import TargetsFn, build_planner, iter_steps
+from speechbs.data.loader import StepData, build_planner, iter_steps
 from speechbs.data.manifest import check_for_training, read_manifest
-from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext, stall_for_tests
 from speechbs.rundir import prepare_run_dir
 from speechbs.train.compile import compile_model, eager
@@ -37,37 +35,14 @@ from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.preempt import EXIT_REQUEUE, StopFlag, torchrun_signal_warning
 from speechbs.train.resume import ResumeOptions, begin, divergence_advice, record
 from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
-from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
+from speechbs.tasks.base import Task
+from speechbs.train.step import NonFiniteGuard, precision_context, train_step
 
+if TYPE_CHECKING:
+    from speechbs.config import Config
 
-@dataclass
-class Task:
-    """The parts of training that depend on what is trained."""
-
-    model: nn.Module
-    forward: Callable[..., Any]
-    """forward(model, micro_batch, step=k[, prepared=...]) -> StepOutput (loss sum, number of targets, log sums)."""
-    metrics: Callable[[StepReport], dict[str, float]]
-    """Named per-step metrics from the engine's reduced sums (e.g. accuracy = correct / targets)."""
-    prepare: Callable[..., Any] | None = None
-    """prepare(model, micro_batches, step=k) -> what every forward of step k gets as ``prepared``: terms of
-    the whole global batch, computed before its first micro-batch (``train_step(..., prepare=)``)."""
-    step_logs: Callable[[int], dict[str, float]] = lambda step: {}
-    """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
-    validate: Callable[[nn.Module, int], dict[str, float]] | None = None
-    """validate(model, step) -> metrics, given the unwrapped model; called on every rank, logged by rank 0."""
-    after_step: Callable[[nn.Module, int], None] | None = None
-    """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
-    find_unused_parameters: bool = False
-    """DDP must expect parameters without gradients (layer drop skips whole layers)."""
-    targets: TargetsFn | None = None
-    """Loader hook that attaches each micro-batch's targets (cluster labels, transcripts); runs in workers."""
-    partners: PartnerDraw | None = None
-    """Loader option: attach to each row a mixing partner drawn from its whole global batch (WavLM)."""
-    best_metric: str = ""
-    """Validation metric that selects ``checkpoints/best.pt`` (e.g. ``wer``); empty: no selection."""
-    best_mode: Literal["min", "max"] = "min"
-    """Whether a lower or a higher ``best_metric`` is better."""
+TaskFactory = Callable[["Config", DistContext], Task]
+"""Builds the task of a run on this rank (e.g. ``SSLTask``); called after the run directory exists."""
 
 
 @dataclass
@@ -83,7 +58,7 @@ class TrainState:
     """The ``train.milestone_hours`` marks whose checkpoint has been kept."""
 
 
-def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext,
+def train(cfg: Config, build_task: TaskFactory, ctx: DistContext,
           resume: ResumeOptions = ResumeOptions()) -> TrainState:
     """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint.
 
@@ -95,7 +70,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         return _train(cfg, build_task, ctx, resume, scope)
 
 
-def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext, resume: ResumeOptions,
+def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: ResumeOptions,
            scope: contextlib.ExitStack) -> TrainState:
     # --- build ------------------------------------------------------------------
     stop = scope.enter_context(StopFlag())  # read by train_step when it packs its all-reduce
@@ -166,19 +141,17 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
         ctx.seed_everything(seeds.step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         probe = GradNoiseProbe(task.model) if measures(state.step) else None
-        prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         stall_for_tests(ctx.rank, state.step + 1)  # SPEECHBS_TEST_STALL only (tests/test_multinode.py)
         with ctx.collective(f"step {state.step + 1}"):  # a stalled peer ends the job with rank, step, operation
             report = train_step(model, optimizer, data.micro_batches,
                                 lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
                                 clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                                grad_noise=probe, stop_requested=stop, prepare=prepare)
+                                grad_noise=probe, stop_requested=stop,
+                                prepare=lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
         guard.update(report, state.step)  # raises after too many non-finite steps in a row
-        if task.after_step is not None:
-            task.after_step(task.model, state.step)
 
         now = time.monotonic()
         seconds_per_step, tick = now - tick, now
@@ -193,7 +166,7 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
-        if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
+        if task.has_validation and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             # Training's precision; eager: validation's whole utterances would be new shapes to compile.
             with ctx.collective(f"validation after step {state.step}"), \
                     autocast() if autocast is not None else contextlib.nullcontext(), eager():
@@ -241,7 +214,7 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
     return state
 
 
-def _batch_logs(data: Any) -> dict[str, Any]:
+def _batch_logs(data: StepData) -> dict[str, Any]:
     """Accounting for one global step, plus a fingerprint of which audio it held.
 
     The fingerprint hashes the (utterance, offset, length) triples of the global
@@ -271,7 +244,7 @@ def _improves(task: Task, scores: dict[str, float], best: dict[str, Any] | None)
     return value < best["value"] if task.best_mode == "min" else value > best["value"]
 
 
-def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
+def _state_dict(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
                 state: TrainState, grad_scaler: torch.amp.GradScaler | None) -> dict:
     # No RNG state: every step reseeds from (seed, step, rank), and masks, distractors and
     # Gumbel noise are keyed by per-utterance seeds, so the step number is all a resume needs.
