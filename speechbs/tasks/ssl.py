@@ -4,13 +4,15 @@ What pretraining means for :mod:`speechbs.train.loop`: how a micro-batch becomes
 sum (masked frames are the targets), which per-utterance seeds drive masking, distractors
 and Gumbel noise (:mod:`speechbs.seeds`), which cluster labels HuBERT and WavLM predict,
 wav2vec 2.0's code usage over the whole global batch for its diversity term, and how the
-validation loss is measured.
+validation loss is measured. The metric names of every family are listed in
+:data:`SSL_METRICS`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,32 +36,47 @@ if TYPE_CHECKING:
     from speechbs.targets.labels import ClusterLabelSet
 
 
-# Log sums whose metric name is not "the sum's name without _sum".
-_RENAMED = {"num_correct": "accuracy", "penalty_sum": "feature_penalty"}
-# HuBERT's unmasked terms are per UNMASKED frame; the loss normalizes by masked frames only.
-_RATIOS = {"accuracy_unmasked": ("num_correct_unmasked", "num_unmasked"),
-           "unmasked_loss": ("unmasked_loss_sum", "num_unmasked")}
+@dataclass(frozen=True)
+class Ratio:
+    """A logged metric as the quotient of two of a model's log sums."""
+
+    numerator: str
+    """The log sum on top, e.g. ``contrastive_sum`` or ``num_correct``."""
+    denominator: str | None = None
+    """The log sum below; None: the step's targets (masked frames), by which the loss is normalized."""
+
+
+SSL_METRICS: dict[str, Ratio] = {
+    # Per masked frame, as the loss. A family logs a metric when its model logs the sums.
+    "code_perplexity": Ratio("code_perplexity_sum"),
+    "contrastive": Ratio("contrastive_sum"),
+    "diversity": Ratio("diversity_sum"),
+    "masked_loss": Ratio("masked_loss_sum"),
+    "accuracy": Ratio("num_correct"),
+    "feature_penalty": Ratio("penalty_sum"),
+    "perplexity": Ratio("perplexity_sum"),
+    # HuBERT's unmasked terms are per UNMASKED frame (the loss normalizes by masked frames only).
+    "accuracy_unmasked": Ratio("num_correct_unmasked", "num_unmasked"),
+    "unmasked_loss": Ratio("unmasked_loss_sum", "num_unmasked"),
+}
+"""Metric name -> the log sums it is made of, for every pretraining family's ``loss.logs()``."""
 
 
 def metrics_from_sums(sums: dict[str, float], num_targets: float) -> dict[str, float]:
-    """Per-target means of a model's log sums: ``contrastive_sum`` -> ``contrastive``, ``num_correct`` -> ``accuracy``.
+    """The :data:`SSL_METRICS` whose sums are in ``sums`` (a model's log sums over a step or a validation set).
 
-    Every pretraining family logs sums over its targets (masked frames); this is
-    the one place that turns them into the metrics that are logged and plotted.
+    NaN for a metric whose denominator is 0 (no targets). Every pretraining family logs sums
+    over its targets; this is the one place that turns them into the metrics that are logged and plotted.
     """
-    denominator = num_targets if num_targets > 0 else float("nan")
     out = {}
-    ratio_parts = {part for parts in _RATIOS.values() for part in parts}
-    for key, value in sums.items():
-        if key in ratio_parts or key == "real_s":
+    for name, ratio in SSL_METRICS.items():
+        if ratio.numerator not in sums:
             continue
-        if key in _RENAMED:
-            out[_RENAMED[key]] = value / denominator
-        elif key.endswith("_sum"):
-            out[key.removesuffix("_sum")] = value / denominator
-    for name, (numerator, count) in _RATIOS.items():
-        if numerator in sums and count in sums:
-            out[name] = sums[numerator] / sums[count] if sums[count] > 0 else float("nan")
+        if ratio.denominator is None:
+            out[name] = sums[ratio.numerator] / (num_targets if num_targets > 0 else float("nan"))
+        elif ratio.denominator in sums:
+            count = sums[ratio.denominator]
+            out[name] = sums[ratio.numerator] / count if count > 0 else float("nan")
     return out
 
 
