@@ -97,8 +97,8 @@ class SSLTask(Task):
         valid_path = cfg.data.valid_manifest
         self.valid = read_manifest(valid_path) if valid_path else None
         self.has_validation = self.valid is not None
-        self.valid_targets = _hook(cluster_labels(cfg, valid_path) if self.needs_labels and self.valid is not None else None,
-                                   cfg)
+        valid_labels = cluster_labels(cfg, valid_path) if self.needs_labels and self.has_validation else None
+        self.valid_targets = _hook(valid_labels, cfg)
 
     def temperature(self, step: int) -> float:
         """wav2vec 2.0's Gumbel-softmax temperature at ``step`` (a pure function of the step)."""

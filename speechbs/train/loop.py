@@ -5,8 +5,9 @@ build -> restore -> loop (plan, step, account, log, validate, checkpoint).
 What differs between pretraining and fine-tuning (the model, how a
 micro-batch becomes a loss sum, validation) comes in a task
 (:class:`speechbs.tasks.base.Task`); the batch plan, the step engine,
-schedules, checkpoints and accounting are the same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
-"checkpoint saved, requeue me" (speechbs/train/preempt.py).
+schedules, checkpoints and accounting are the same code for both. Exit
+status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means "checkpoint saved,
+requeue me" (speechbs/train/preempt.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from speechbs.data.loader import StepData, build_planner, iter_steps
 from speechbs.data.manifest import check_for_training, read_manifest
 from speechbs.dist import DistContext, stall_for_tests
 from speechbs.rundir import prepare_run_dir
+from speechbs.tasks.base import Task
 from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
@@ -35,7 +37,6 @@ from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.preempt import EXIT_REQUEUE, StopFlag, torchrun_signal_warning
 from speechbs.train.resume import ResumeOptions, begin, divergence_advice, record
 from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
-from speechbs.tasks.base import Task
 from speechbs.train.step import NonFiniteGuard, precision_context, train_step
 
 if TYPE_CHECKING:
