@@ -40,7 +40,7 @@ from speechbs.config import Config, DataConfig, ModelConfig
 from speechbs.data.loader import AudioBatch
 from speechbs.dist import DistContext
 from speechbs.models.registry import MODELS
-from speechbs.pretrain import build_pretrain_task
+from speechbs.tasks.ssl import SSLTask
 from speechbs.rundir import environment
 from speechbs.train import step as step_module
 from speechbs.train.step import precision_context, train_step
@@ -70,7 +70,7 @@ class Bench:
         arch = MODELS["wav2vec2"].sizes[size](layerdrop=0.0)
         cfg = Config(model=ModelConfig(name="wav2vec2", size=size, arch=arch), data=DataConfig(valid_manifest=""))
         self.ctx = DistContext(device=torch.device(device))
-        self.task = build_pretrain_task(cfg, self.ctx)
+        self.task = SSLTask(cfg, self.ctx)
         self.model = self.task.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
         self.autocast, _ = precision_context(self.ctx.device, precision)

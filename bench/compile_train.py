@@ -32,11 +32,10 @@ from typing import Any, Iterator
 import torch
 
 from speechbs.configio import load_config
-from speechbs.data.batching import BatchPlanner
-from speechbs.data.loader import StepData, iter_steps
+from speechbs.data.loader import StepData, build_planner, iter_steps
 from speechbs.data.manifest import read_manifest
 from speechbs.dist import DistContext
-from speechbs.pretrain import build_pretrain_task
+from speechbs.tasks.ssl import SSLTask
 from speechbs.rundir import environment
 from speechbs.train.compile import CompiledRegions, compile_model
 from speechbs.train.optim import build_optimizer, set_lr
@@ -68,10 +67,9 @@ class Contender:
 def make_contender(label: str, recipe: str, overrides: list[str], ctx: DistContext) -> Contender:
     cfg = load_config(recipe, overrides)
     manifest = read_manifest(cfg.data.train_manifest)
-    planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
-                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
-                           num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
-    task = build_pretrain_task(cfg, ctx)  # seeds the initialization: every setting starts alike
+    planner = build_planner(manifest, cfg.batch, cfg.audio, cfg.run.seed,
+                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
+    task = SSLTask(cfg, ctx)  # seeds the initialization: every setting starts alike
     compiled = None
     if cfg.train.compile:  # cold: this setting compiles everything it runs
         import torch._functorch.config

@@ -42,7 +42,7 @@ from speechbs.data.loader import AudioBatch, build_planner, iter_steps
 from speechbs.data.manifest import Manifest
 from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext
-from speechbs.pretrain import build_pretrain_task
+from speechbs.tasks.ssl import SSLTask
 from speechbs.rundir import environment
 from speechbs.train.step import precision_context, train_step
 
@@ -74,7 +74,7 @@ class DiversityBench:
             if cfg.model.name != "wav2vec2":
                 raise SystemExit(f"{recipe}: the diversity term is wav2vec 2.0's; give a wav2vec2 recipe")
             self.cfg = cfg
-            self.tasks[scope] = build_pretrain_task(cfg, self.ctx)
+            self.tasks[scope] = SSLTask(cfg, self.ctx)
             self.optimizers[scope] = torch.optim.AdamW(self.tasks[scope].model.parameters(), lr=1e-6)
         self.autocast, _ = precision_context(self.ctx.device, self.cfg.train.precision)
 
@@ -94,7 +94,7 @@ class DiversityBench:
         step_s = self._timed(lambda: train_step(task.model, self.optimizers[scope], batches,
                                                 lambda m, mb, **kw: task.forward(m, mb, step=0, **kw), self.ctx,
                                                 autocast=self.autocast,
-                                                prepare=None if task.prepare is None else prepare))
+                                                prepare=prepare if task.global_diversity else None))
         return step_s, pre_pass_s[0]
 
     def flops(self, batches: list[AudioBatch]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 One optimizer step (forward + backward + AdamW) through the real step engine
 (``speechbs.train.step.train_step``) with the pretraining task's own forward
-(``speechbs.pretrain.build_pretrain_task``: per-utterance seeds, Gumbel
+(``speechbs.tasks.ssl.SSLTask``: per-utterance seeds, Gumbel
 temperature, log sums), on ONE micro-batch of B utterances padded to S seconds
 (random audio; real lengths spread over the top ``--spread`` of S, as in one
 length bucket of the planner). Layer drop is off so every layer is held (the
@@ -38,21 +38,20 @@ from speechbs.config import Config, DataConfig, ModelConfig
 from speechbs.data.loader import AudioBatch
 from speechbs.dist import DistContext
 from speechbs.models.registry import MODELS
-from speechbs.pretrain import build_pretrain_task
+from speechbs.tasks.ssl import SSLTask
 from speechbs.rundir import environment
-from speechbs.train.loop import Task
 from speechbs.train.step import precision_context, train_step
 
 RATE_HZ = 16_000
 MB = 2 ** 20
 
 
-def build_task(size: str, device: str) -> tuple[Task, DistContext]:
+def build_task(size: str, device: str) -> tuple[SSLTask, DistContext]:
     """The pretraining task as ``speechbs pretrain`` builds it (wav2vec 2.0, no validation set)."""
     arch = MODELS["wav2vec2"].sizes[size](layerdrop=0.0)
     cfg = Config(model=ModelConfig(name="wav2vec2", size=size, arch=arch), data=DataConfig(valid_manifest=""))
     ctx = DistContext(device=torch.device(device))
-    return build_pretrain_task(cfg, ctx), ctx
+    return SSLTask(cfg, ctx), ctx
 
 
 def micro_batch(padded_s: float, utterance_s: float, spread: float, first_index: int = 0,

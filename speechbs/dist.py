@@ -41,6 +41,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from speechbs import seeds
 from speechbs.errors import ConfigError, SpeechbsError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -115,6 +116,20 @@ class DistContext:
         if self.is_distributed:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
+
+    def all_reduce_sums(self, sums: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+        """Each named value summed over all ranks, in one float64 all-reduce: the reduction of every
+        count and loss sum (the step engine's, and each task's validation).
+
+        Every rank must pass the same names in the same order (the values are packed by position).
+        The result is read on the host: one sync, so call it once per step or validation pass.
+        """
+        if not sums:
+            return {}
+        packed = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=self.device)
+                              for value in sums.values()])
+        self.all_reduce_sum(packed)
+        return dict(zip(sums, packed.tolist()))
 
     def barrier(self) -> None:
         if self.is_distributed:
@@ -198,7 +213,7 @@ class DistContext:
         0's weights, but identical init keeps buffers and unwrapped code equal);
         ``False`` for per-rank randomness (dropout, masking), offset by the rank.
         """
-        value = seed if same_on_all_ranks else seed + 1_000_003 * self.rank
+        value = seed if same_on_all_ranks else seeds.rank_seed(seed, self.rank)
         random.seed(value)
         np.random.seed(value % 2**32)
         torch.manual_seed(value)

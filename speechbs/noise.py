@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from speechbs import seeds
 from speechbs.atomic import write_text
 from speechbs.configio import toml_str
 from speechbs.data.loader import build_planner, iter_steps
@@ -62,7 +63,7 @@ def parse_batches(text: str) -> list[float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechbs.pretrain import build_pretrain_task
+    from speechbs.tasks.ssl import SSLTask
     from speechbs.train.fixed_noise import measure_gradients, std_per_doubling, summarize
     from speechbs.train.step import precision_context
 
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     step = int(ckpt.get("step", 0))
 
     with distributed(args.backend) as ctx:
-        task = build_pretrain_task(cfg, ctx)
+        task = SSLTask(cfg, ctx)
         try:
             task.model.load_state_dict(ckpt["model"])
         except RuntimeError:
@@ -105,8 +106,8 @@ def main(args: argparse.Namespace) -> int:
             result = measure_gradients(
                 model, (data.micro_batches for data in steps),
                 lambda m, mb, **kw: task.forward(m, mb, step=step, **kw), ctx, batch_s=batch_s, autocast=autocast,
-                prepare=None if task.prepare is None else (lambda m, mbs: task.prepare(m, mbs, step=step)),
-                before_batch=lambda r, b=batch_s: ctx.seed_everything(_repeat_seed(args.seed, b, r),
+                prepare=lambda m, mbs: task.prepare(m, mbs, step=step),
+                before_batch=lambda r, b=batch_s: ctx.seed_everything(seeds.noise_repeat_seed(args.seed, b, r),
                                                                       same_on_all_ranks=False))
             if ctx.is_main:
                 entry = summarize(result, seed=args.seed, num_bootstrap=args.bootstrap)
@@ -131,12 +132,6 @@ def main(args: argparse.Namespace) -> int:
                   f"(1/sqrt(2) = {EXPECTED_STD_PER_DOUBLING:.3f} at a fixed state); wrote {out / 'noise.json'}")
         ctx.barrier()
     return 0
-
-
-
-def _repeat_seed(seed: int, batch_s: float, repeat: int) -> int:
-    """Dropout seed of one repeat: distinct per (seed, batch, repeat), the same at any world size."""
-    return (seed * 1_000_003 + int(round(batch_s * 1000))) * 1_009 + repeat
 
 
 def write_outputs(record: dict[str, Any], out: Path) -> None:

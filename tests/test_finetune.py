@@ -16,7 +16,7 @@ import torch
 from speechbs.configio import dump_toml, load_config
 from speechbs.data.manifest import Manifest, write_manifest
 from speechbs.errors import ConfigError
-from speechbs.finetune import prepare_finetune
+from speechbs.tasks.ctc import prepare_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "finetune" / "tiny_digits.toml"

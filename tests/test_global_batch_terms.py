@@ -21,7 +21,7 @@ from speechbs.dist import DistContext
 from speechbs.models import wavlm, wavlm_config
 from speechbs.models.blocks.mixing import MixPartners
 from speechbs.models.registry import MODELS
-from speechbs.pretrain import build_pretrain_task
+from speechbs.tasks.ssl import SSLTask
 from speechbs.targets.labels import ClusterTargets
 from speechbs.train.step import StepOutput, train_step
 
@@ -67,8 +67,8 @@ def _wav2vec2_run(scope: str, split: list[list[int]], placeholder: bool = False)
     """The pretraining task's own prepare and forward (tiny model, float64)."""
     arch = MODELS["wav2vec2"].sizes["tiny"](**QUIET, diversity_scope=scope)
     assert arch.diversity_weight == 0.1 and arch.dropout_features > 0  # the recipes' settings
-    task = build_pretrain_task(Config(model=ModelConfig(name="wav2vec2", size="tiny", arch=arch),
-                                      data=DataConfig(valid_manifest="")), CTX)
+    task = SSLTask(Config(model=ModelConfig(name="wav2vec2", size="tiny", arch=arch),
+                          data=DataConfig(valid_manifest="")), CTX)
     micro_batches = [_rows(rows) for rows in split]
     if placeholder:  # real audio in a placeholder: it must add nothing to the step's code usage
         micro_batches.append(_rows([0, 1], is_empty=True))

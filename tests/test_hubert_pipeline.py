@@ -67,7 +67,7 @@ def test_labels_of_another_k_are_refused_with_the_settings_to_change(tmp_path, m
     """A HuBERT recipe whose model.num_clusters disagrees with the label files says which fields to set."""
     from speechbs.configio import load_config
     from speechbs.errors import ConfigError
-    from speechbs.pretrain import cluster_labels
+    from speechbs.tasks.ssl import cluster_labels
 
     cfg = load_config(REPO / "recipes" / "hubert" / "tiny_builtin_iter1.toml", ["data.labels="])
     with pytest.raises(ConfigError, match="data.labels"):

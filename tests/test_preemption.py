@@ -14,7 +14,6 @@ own directory on their command line) however the test ends.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -171,40 +170,37 @@ def test_sigterm_to_the_process_group_with_data_workers_saves_and_exits_75(digit
 
 def test_a_signal_during_step_k_saves_step_k(digits_manifests, tmp_path):
     """In process, deterministic: a real SIGUSR1 sent from inside step 3's forward stops after step 3;
-    one sent after step 3's all-reduce (from the loop's after_step hook) stops after step 4."""
+    one sent after step 3's all-reduce (from the task's step_logs, which the loop calls when it logs the
+    step) stops after step 4."""
     from speechbs.configio import load_config
     from speechbs.dist import DistContext
-    from speechbs.pretrain import build_pretrain_task
+    from speechbs.tasks.ssl import SSLTask
     from speechbs.train.loop import EXIT_REQUEUE, train
 
     train_tsv, valid = digits_manifests
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for name, when, expected in (("in_step", "forward", 3), ("after_step", "after_step", 4)):
+        for name, when, expected in (("in_step", "forward", 3), ("after_step", "step_logs", 4)):
             sets = _settings(train_tsv, valid, tmp_path, name, 1000, *SLOW_STEPS)
             cfg = load_config(RECIPE, [s for s in sets if s != "--set"])
 
-            def build(cfg, ctx, when=when):
-                task = build_pretrain_task(cfg, ctx)
-                forward, after = task.forward, task.after_step
+            class SignallingTask(SSLTask):
+                signal_in = when
 
-                def signalling_forward(m, mb, *, step, **kw):
-                    if when == "forward" and step == 2:  # 0-based: the third step
+                def forward(self, m, mb, *, step, **kw):
+                    if self.signal_in == "forward" and step == 2:  # 0-based: the third step
                         os.kill(os.getpid(), signal.SIGUSR1)
-                    return forward(m, mb, step=step, **kw)
+                    return super().forward(m, mb, step=step, **kw)
 
-                def signalling_after_step(m, step):  # step: steps taken, after the all-reduce
-                    if when == "after_step" and step == 3:
+                def step_logs(self, step):  # step: steps taken, after the all-reduce
+                    if self.signal_in == "step_logs" and step == 3:
                         os.kill(os.getpid(), signal.SIGUSR1)
-                    if after is not None:
-                        after(m, step)
-
-                return dataclasses.replace(task, forward=signalling_forward, after_step=signalling_after_step)
+                    return super().step_logs(step)
 
             before = signal.getsignal(signal.SIGUSR1)
             with pytest.raises(SystemExit) as stopped:
-                train(cfg, build, DistContext())
+                train(cfg, SignallingTask, DistContext())
             assert stopped.value.code == EXIT_REQUEUE
             assert _saved_step(tmp_path / name) == expected and _num_rows(tmp_path / name) == expected
             assert signal.getsignal(signal.SIGUSR1) is before  # the loop put the old handler back

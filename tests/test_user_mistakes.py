@@ -295,7 +295,7 @@ def _tiny_ctc_checkpoint(path: Path) -> None:
     from speechbs.asr.ctc import build_ctc_model
     from speechbs.asr.vocab import build_vocab
     from speechbs.configio import dump_toml, load_config
-    from speechbs.finetune import prepare_finetune
+    from speechbs.tasks.ctc import prepare_finetune
 
     cfg, _ = prepare_finetune(load_config(FINETUNE, ["finetune.init="]))
     model = build_ctc_model(cfg, build_vocab(["N O |", "Y E S |"])[0])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from speechbs import seeds
 from speechbs.config import BatchConfig
 from speechbs.errors import PlanError
 
@@ -211,8 +212,7 @@ class BatchPlanner:
     def _epoch_plan(self, epoch: int) -> _EpochPlan:
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        # One generator per (seed, epoch): any epoch can be planned without planning the ones before.
-        rng = np.random.default_rng([self.seed, epoch])
+        rng = np.random.default_rng(seeds.epoch_plan_key(self.seed, epoch))
         num_utts = len(self.num_samples_N)
         order_N = np.lexsort((rng.random(num_utts), self.bucket_N))
         crop_u_N = rng.random(num_utts)

@@ -106,10 +106,16 @@ class _Item:
     """Per row of ``micro``, the segment it is mixed with (None: not mixed); None: no partners drawn."""
 
 
-def build_planner(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, seed: int) -> BatchPlanner:
-    """A planner over the manifest's lengths at the model's rate."""
+def build_planner(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: AudioConfig, seed: int, *,
+                  num_pad_lengths: int = 0) -> BatchPlanner:
+    """The batch planner over the manifest's lengths at the model's rate: the one way a planner is built
+    from a manifest (training, evaluation, ``speechbs noise``).
+
+    ``num_pad_lengths`` > 0 pads micro-batches to that many widths (a compiled run: train/compile.py).
+    """
     lengths = manifest.num_model_samples(audio_cfg.sample_rate_hz)
-    return BatchPlanner(lengths, batch_cfg, sample_rate_hz=audio_cfg.sample_rate_hz, seed=seed)
+    return BatchPlanner(lengths, batch_cfg, sample_rate_hz=audio_cfg.sample_rate_hz, seed=seed,
+                        num_pad_lengths=num_pad_lengths)
 
 
 def load_micro_batch(manifest: Manifest, audio_cfg: AudioConfig, micro: MicroBatch, fill_samples: int,

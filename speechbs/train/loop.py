@@ -3,10 +3,11 @@
 build -> restore -> loop (plan, step, account, log, validate, checkpoint).
 
 What differs between pretraining and fine-tuning (the model, how a
-micro-batch becomes a loss sum, validation) comes in a :class:`Task`; the
-batch plan, the step engine, schedules, checkpoints and accounting are the
-same code for both. Exit status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means
-"checkpoint saved, requeue me" (speechbs/train/preempt.py).
+micro-batch becomes a loss sum, validation) comes in a task
+(:class:`speechbs.tasks.base.Task`); the batch plan, the step engine,
+schedules, checkpoints and accounting are the same code for both. Exit
+status 75 (EX_TEMPFAIL) after SIGTERM/SIGUSR1 means "checkpoint saved,
+requeue me" (speechbs/train/preempt.py).
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
+from speechbs import seeds
 from speechbs.checkpoint import best_score, load_checkpoint, save_best, save_checkpoint
 from speechbs.configio import dump_toml
 from speechbs.data.batching import BatchPlanner
-from speechbs.data.loader import TargetsFn, iter_steps
+from speechbs.data.loader import StepData, build_planner, iter_steps
 from speechbs.data.manifest import check_for_training, read_manifest
-from speechbs.data.partners import PartnerDraw
 from speechbs.dist import DistContext, stall_for_tests
 from speechbs.rundir import prepare_run_dir
+from speechbs.tasks.base import Task
 from speechbs.train.compile import compile_model, eager
 from speechbs.train.grad_noise import GradNoiseProbe, NoiseWindow
 from speechbs.train.metrics import MetricsLogger
@@ -36,37 +37,13 @@ from speechbs.train.optim import build_optimizer, set_lr
 from speechbs.train.preempt import EXIT_REQUEUE, StopFlag, torchrun_signal_warning
 from speechbs.train.resume import ResumeOptions, begin, divergence_advice, record
 from speechbs.train.schedule import at_lr_minimum, lr_scale, peak_lr
-from speechbs.train.step import NonFiniteGuard, StepReport, precision_context, train_step
+from speechbs.train.step import NonFiniteGuard, precision_context, train_step
 
+if TYPE_CHECKING:
+    from speechbs.config import Config
 
-@dataclass
-class Task:
-    """The parts of training that depend on what is trained."""
-
-    model: nn.Module
-    forward: Callable[..., Any]
-    """forward(model, micro_batch, step=k[, prepared=...]) -> StepOutput (loss sum, number of targets, log sums)."""
-    metrics: Callable[[StepReport], dict[str, float]]
-    """Named per-step metrics from the engine's reduced sums (e.g. accuracy = correct / targets)."""
-    prepare: Callable[..., Any] | None = None
-    """prepare(model, micro_batches, step=k) -> what every forward of step k gets as ``prepared``: terms of
-    the whole global batch, computed before its first micro-batch (``train_step(..., prepare=)``)."""
-    step_logs: Callable[[int], dict[str, float]] = lambda step: {}
-    """Values logged per step that come from schedules (e.g. the Gumbel temperature)."""
-    validate: Callable[[nn.Module, int], dict[str, float]] | None = None
-    """validate(model, step) -> metrics, given the unwrapped model; called on every rank, logged by rank 0."""
-    after_step: Callable[[nn.Module, int], None] | None = None
-    """Hook for per-step parameter updates that are part of the method (e.g. freezing)."""
-    find_unused_parameters: bool = False
-    """DDP must expect parameters without gradients (layer drop skips whole layers)."""
-    targets: TargetsFn | None = None
-    """Loader hook that attaches each micro-batch's targets (cluster labels, transcripts); runs in workers."""
-    partners: PartnerDraw | None = None
-    """Loader option: attach to each row a mixing partner drawn from its whole global batch (WavLM)."""
-    best_metric: str = ""
-    """Validation metric that selects ``checkpoints/best.pt`` (e.g. ``wer``); empty: no selection."""
-    best_mode: Literal["min", "max"] = "min"
-    """Whether a lower or a higher ``best_metric`` is better."""
+TaskFactory = Callable[["Config", DistContext], Task]
+"""Builds the task of a run on this rank (e.g. ``SSLTask``); called after the run directory exists."""
 
 
 @dataclass
@@ -82,7 +59,7 @@ class TrainState:
     """The ``train.milestone_hours`` marks whose checkpoint has been kept."""
 
 
-def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext,
+def train(cfg: Config, build_task: TaskFactory, ctx: DistContext,
           resume: ResumeOptions = ResumeOptions()) -> TrainState:
     """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint.
 
@@ -94,7 +71,7 @@ def train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCon
         return _train(cfg, build_task, ctx, resume, scope)
 
 
-def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistContext, resume: ResumeOptions,
+def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: ResumeOptions,
            scope: contextlib.ExitStack) -> TrainState:
     # --- build ------------------------------------------------------------------
     stop = scope.enter_context(StopFlag())  # read by train_step when it packs its all-reduce
@@ -103,9 +80,8 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
     manifest = read_manifest(cfg.data.train_manifest)
     check_for_training(manifest, "data.train_manifest")
     # Compiled: regions compiled in place, micro-batches padded to few lengths (train/compile.py).
-    planner = BatchPlanner(manifest.num_model_samples(cfg.audio.sample_rate_hz), cfg.batch,
-                           sample_rate_hz=cfg.audio.sample_rate_hz, seed=cfg.run.seed,
-                           num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
+    planner = build_planner(manifest, cfg.batch, cfg.audio, cfg.run.seed,
+                            num_pad_lengths=cfg.train.compile_num_lengths if cfg.train.compile else 0)
     run_dir = prepare_run_dir(cfg, world_size=ctx.world_size, is_main=ctx.is_main,
                               allow_changes=resume.allow_changes, broadcast=ctx.broadcast_object)
     ckpt_dir = run_dir / "checkpoints"
@@ -164,21 +140,19 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
         set_lr(optimizer, lr)
         # Dropout and other global-RNG draws come from (seed, step, rank): a resume at step k
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
-        ctx.seed_everything(_step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
+        ctx.seed_everything(seeds.step_seed(cfg.run.seed, state.step), same_on_all_ranks=False)
         probe = GradNoiseProbe(task.model) if measures(state.step) else None
-        prepare = None if task.prepare is None else (lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         stall_for_tests(ctx.rank, state.step + 1)  # SPEECHBS_TEST_STALL only (tests/test_multinode.py)
         with ctx.collective(f"step {state.step + 1}"):  # a stalled peer ends the job with rank, step, operation
             report = train_step(model, optimizer, data.micro_batches,
                                 lambda m, mb, k=state.step, **kw: task.forward(m, mb, step=k, **kw), ctx,
                                 clip_norm=cfg.optim.clip_norm or None, autocast=autocast, grad_scaler=grad_scaler,
-                                grad_noise=probe, stop_requested=stop, prepare=prepare)
+                                grad_noise=probe, stop_requested=stop,
+                                prepare=lambda m, mbs, k=state.step: task.prepare(m, mbs, step=k))
         state.step += 1
         state.hours_seen += data.stats.real_s / 3600
         state.num_skipped += 0 if report.updated else 1
         guard.update(report, state.step)  # raises after too many non-finite steps in a row
-        if task.after_step is not None:
-            task.after_step(task.model, state.step)
 
         now = time.monotonic()
         seconds_per_step, tick = now - tick, now
@@ -193,7 +167,7 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
-        if task.validate is not None and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
+        if task.has_validation and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             # Training's precision; eager: validation's whole utterances would be new shapes to compile.
             with ctx.collective(f"validation after step {state.step}"), \
                     autocast() if autocast is not None else contextlib.nullcontext(), eager():
@@ -241,7 +215,7 @@ def _train(cfg: Any, build_task: Callable[[Any, DistContext], Task], ctx: DistCo
     return state
 
 
-def _batch_logs(data: Any) -> dict[str, Any]:
+def _batch_logs(data: StepData) -> dict[str, Any]:
     """Accounting for one global step, plus a fingerprint of which audio it held.
 
     The fingerprint hashes the (utterance, offset, length) triples of the global
@@ -271,7 +245,7 @@ def _improves(task: Task, scores: dict[str, float], best: dict[str, Any] | None)
     return value < best["value"] if task.best_mode == "min" else value > best["value"]
 
 
-def _state_dict(cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
+def _state_dict(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, planner: BatchPlanner,
                 state: TrainState, grad_scaler: torch.amp.GradScaler | None) -> dict:
     # No RNG state: every step reseeds from (seed, step, rank), and masks, distractors and
     # Gumbel noise are keyed by per-utterance seeds, so the step number is all a resume needs.
@@ -312,11 +286,6 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
     else:  # written before marks were recorded: each mark was kept at the step that reached it
         state.marks_kept = [h for h in marks if h <= state.hours_seen]
     return state
-
-
-def _step_seed(seed: int, step: int) -> int:
-    """The global-RNG seed of optimizer step ``step`` (the rank is added by ``seed_everything``)."""
-    return (seed * 1_000_003 + step) * 4_099
 
 
 def _memory(ctx: DistContext) -> dict[str, float]:

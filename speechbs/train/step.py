@@ -42,8 +42,13 @@ class StepOutput:
     """Scalar: masked frames (SSL), or tokens or utterances (CTC) in this micro-batch."""
     logs: dict[str, torch.Tensor]
     """Scalars that are SUMS over the micro-batch, e.g. ``real_s``, ``num_correct``.
-    The same keys for every micro-batch on every rank (they are packed into one all-reduce)."""
+    The same keys for every micro-batch on every rank (they are packed into one all-reduce), none of
+    them one of :data:`STEP_SUMS`."""
 
+
+STEP_SUMS = ("num_targets", "num_nonfinite", "loss_sum", "num_stop")
+"""The engine's own sums, reduced in the same all-reduce as the forwards' logs (so no log may take these names):
+targets, micro-batches whose loss was NaN or inf, the loss, ranks asked to stop."""
 
 ForwardFn = Callable[[nn.Module, Any], StepOutput]
 PrepareFn = Callable[[nn.Module, Sequence[Any]], Any]
@@ -165,16 +170,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             prepared = prepare(model, micro_batches)
         forward = functools.partial(forward, prepared=prepared)
     with ctx.collective("the gradient all-reduce of the micro-batches' backward"):
-        packed_K, keys = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
-    packed_K[3] = float(stop_requested() if callable(stop_requested) else stop_requested)
+        step_sums, logs = _accumulate(model, micro_batches, forward, ctx, autocast, grad_scaler, grad_noise)
+    step_sums["num_stop"] = float(stop_requested() if callable(stop_requested) else stop_requested)
     with ctx.collective("the all-reduce of the step's target count and loss sums"):
-        ctx.all_reduce_sum(packed_K)
-    num_targets, num_nonfinite, loss_sum, num_stop, *log_values = packed_K.tolist()  # the one host sync so far
+        totals = ctx.all_reduce_sums({**step_sums, **logs})  # the one host sync so far
+    num_targets, num_nonfinite, loss_sum, num_stop = [totals.pop(key) for key in STEP_SUMS]
     noise_stats = None
     if grad_noise is not None and num_nonfinite == 0:
         summed = [_grad_or_zeros(p) * ctx.world_size for p in grad_noise.params]  # DDP-style mean -> sum
         noise_stats = grad_noise.finish(summed, num_targets, _scale(grad_scaler))
-    log_sums = dict(zip(keys, log_values))
+    log_sums = totals  # what is left: each log of the forwards, summed over the global batch
     denominator = num_targets if num_targets > 0 else math.nan
     report = functools.partial(
         StepReport, loss=loss_sum / denominator, num_targets=num_targets, log_sums=log_sums,
@@ -200,12 +205,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
 
 def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: ForwardFn, ctx: DistContext,
                 autocast: AutocastFactory | None, grad_scaler: torch.amp.GradScaler | None,
-                grad_noise: GradNoiseProbe | None) -> tuple[torch.Tensor, list[str]]:
-    """Forward and backward every micro-batch; return [num_targets, num_nonfinite, loss_sum, 0, logs...].
+                grad_noise: GradNoiseProbe | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Forward and backward every micro-batch; return this rank's sums: the engine's own
+    (``num_targets``, ``num_nonfinite``, ``loss_sum``) and the forwards' logs, by name in sorted order.
 
     Sums stay on the device as tensors: no host sync inside the loop (DESIGN.md 7).
     """
-    totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     log_sums: dict[str, torch.Tensor] = {}
     last = len(micro_batches) - 1
     for index, micro_batch in enumerate(micro_batches):
@@ -226,6 +232,8 @@ def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: Forward
         if index > 0 and out.logs.keys() != log_sums.keys():
             raise RuntimeError(f"micro-batch {index} logs {sorted(out.logs)}, the first {sorted(log_sums)}; "
                                f"every micro-batch must return the same log keys")
+        if clash := sorted(out.logs.keys() & set(STEP_SUMS)):
+            raise RuntimeError(f"forward logs {clash}: those names are the step engine's own sums; rename them")
         for key, value in out.logs.items():
             value = value.detach().to(device=ctx.device, dtype=torch.float64)
             log_sums[key] = log_sums[key] + value if key in log_sums else value
@@ -234,8 +242,7 @@ def _accumulate(model: nn.Module, micro_batches: Sequence[Any], forward: Forward
     if grad_noise is not None:
         _all_reduce_mean_grads(grad_noise.params, ctx)
         grad_noise.reduce(ctx.all_reduce_sum)
-    keys = sorted(log_sums)
-    return torch.cat([totals, torch.stack([log_sums[key] for key in keys]) if keys else totals[:0]]), keys
+    return dict(zip(STEP_SUMS[:3], totals[:3])), {key: log_sums[key] for key in sorted(log_sums)}
 
 
 def _scale(grad_scaler: torch.amp.GradScaler | None) -> float:

@@ -18,7 +18,7 @@ import torch
 
 from speechbs.asr.ctc import load_ctc_checkpoint
 from speechbs.configio import load_config
-from speechbs.finetune import prepare_finetune
+from speechbs.tasks.ctc import prepare_finetune
 from speechbs.models.hubert import ClusterTargets
 from speechbs.pretrained import load_encoder
 

@@ -222,3 +222,15 @@ def test_nonfinite_loss_on_one_rank_skips_the_update_everywhere(runs):
         assert result["poisoned"]["stop_requested"], "rank 1's stop request reaches every rank"
         assert result["clean"]["skipped_nonfinite"] is False and not result["clean"]["stop_requested"]
         assert relative_error(result["params"], params_of(model)) < TOLERANCE, f"rank {rank}"
+
+
+def test_all_reduce_sums_keeps_names_and_order_and_sums_over_ranks() -> None:
+    sums = {"num_targets": torch.tensor(3.0, dtype=torch.float64), "loss_sum": 1.5, "b": torch.tensor(2)}
+    assert list(DistContext().all_reduce_sums(sums).items()) == [("num_targets", 3.0), ("loss_sum", 1.5), ("b", 2.0)]
+    assert DistContext().all_reduce_sums({}) == {}
+
+    class TwoEqualRanks(DistContext):
+        def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.mul_(2)
+
+    assert TwoEqualRanks(world_size=2).all_reduce_sums(sums) == {"num_targets": 6.0, "loss_sum": 3.0, "b": 4.0}
