@@ -58,6 +58,12 @@ class RunConfig:
     seed: int = 1
     """Seed for the batch plan, masking and initialization. Same seed, same run."""
 
+    def __post_init__(self) -> None:
+        from speechbs.seeds import MAX_RUN_SEED  # torch-free
+
+        require(0 <= self.seed <= MAX_RUN_SEED, "run.seed",
+                f"must be in 0..{MAX_RUN_SEED:,} (each utterance's seed is derived from it and must fit int64)")
+
 
 @dataclass(kw_only=True)
 class DataConfig:

@@ -31,6 +31,8 @@ STEP_MULTIPLIER = 4_099
 """Sets a step's global-generator seed apart from its LayerDrop seed (the same (seed, step) pair)."""
 REPEAT_MULTIPLIER = 1_009
 """Spreads (seed, batch size) apart so that ``speechbs noise`` repeats below it can be added."""
+MAX_RUN_SEED = (2**63 - 1) // (RUN_STRIDE * UTTERANCE_STRIDE) - 1
+"""The largest ``run.seed`` whose utterance seeds fit int64 (steps and rows below their strides): 922,331."""
 PARTNER_STREAM = 0x6D6978
 """'mix': keeps the mixing-partner draws apart from the batch planner's generator of (seed, epoch)."""
 

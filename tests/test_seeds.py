@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 import torch
 
 from speechbs import seeds
@@ -59,6 +60,16 @@ def test_step_seeds_of_every_rank_are_distinct_and_apart_from_layerdrop_seeds() 
 
 
 def test_utterance_seeds_fit_int64_for_large_run_seeds() -> None:
-    largest = seeds.utterance_seed(900_000, seeds.RUN_STRIDE - 1, seeds.UTTERANCE_STRIDE - 1)
+    largest = seeds.utterance_seed(seeds.MAX_RUN_SEED, seeds.RUN_STRIDE - 1, seeds.UTTERANCE_STRIDE - 1)
     assert largest < 2**63
+    assert seeds.utterance_seed(seeds.MAX_RUN_SEED + 1, seeds.RUN_STRIDE - 1, seeds.UTTERANCE_STRIDE - 1) >= 2**63
     assert int(seeds.utterance_seeds(900_000, 0, torch.tensor([1]))[0]) == seeds.utterance_seed(900_000, 0, 1)
+
+
+def test_a_run_seed_whose_utterance_seeds_overflow_is_refused() -> None:
+    from speechbs.config import RunConfig
+    from speechbs.errors import ConfigError
+
+    RunConfig(seed=seeds.MAX_RUN_SEED)
+    with pytest.raises(ConfigError, match=r"run.seed: must be in 0..922,331"):
+        RunConfig(seed=seeds.MAX_RUN_SEED + 1)

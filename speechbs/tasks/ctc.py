@@ -32,7 +32,7 @@ from speechbs.asr.vocab import build_vocab, read_dict, write_dict
 from speechbs.atomic import write_text
 from speechbs.config import ModelConfig
 from speechbs.data.loader import AudioBatch, eval_micro_batches
-from speechbs.data.manifest import letters_to_words, read_manifest, words_to_letters
+from speechbs.data.manifest import label_path, letters_to_words, read_manifest, words_to_letters
 from speechbs.dist import DistContext
 from speechbs.errors import ConfigError, DataError
 from speechbs.models.frames import num_frames
@@ -106,8 +106,7 @@ def finetune_arch(arch: Any, ft: FinetuneConfig) -> Any:
 def label_lines(manifest_path: str, data: DataConfig) -> list[str]:
     """The ``.ltr`` lines of a manifest (``.wrd`` labels are spelled into letters)."""
     manifest = read_manifest(manifest_path)
-    folder = Path(data.label_dir) if data.label_dir else Path(manifest_path).parent
-    path = folder / f"{Path(manifest_path).stem}.{data.labels}"
+    path = label_path(manifest_path, data.labels, data.label_dir)
     if not path.is_file():
         raise DataError(f"label file {path} does not exist; fine-tuning needs one transcript per line of "
                         f"{manifest_path} (build both with `speechbs manifest`)")
