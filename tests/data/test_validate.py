@@ -146,7 +146,7 @@ def test_misaligned_labels_and_bad_settings_are_errors_not_tracebacks(corpus: Pa
 def test_labels_in_a_label_dir_are_found_by_validate_and_by_training(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     from speechbs.configio import load_config
-    from speechbs.finetune import label_lines
+    from speechbs.tasks.ctc import label_lines
 
     audio, labels = tmp_path / "audio", tmp_path / "labels"
     audio.mkdir()
