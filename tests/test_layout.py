@@ -143,6 +143,31 @@ def test_speechbs_has_no_forbidden_import() -> None:
     assert not bad, "imports the layout forbids (docs/architecture.md):\n" + "\n".join(bad)
 
 
+def private_imports(package: Path) -> list[str]:
+    """``from speechbs.X import _name`` where X is another part: a private name used across parts."""
+    found = []
+    for name, path in module_names(package).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("speechbs"):
+                target = node.module if node.module.count(".") else f"{node.module}.x"
+                for alias in node.names:
+                    dunder = alias.name.startswith("__") and alias.name.endswith("__")  # __version__
+                    if alias.name.startswith("_") and not dunder and part(target) != part(name):
+                        found.append(f"{name} imports {alias.name} from {node.module}")
+    return found
+
+
+def test_no_private_name_is_imported_across_parts() -> None:
+    found = private_imports(PACKAGE)
+    assert not found, "private names used outside their part (make them public or move them):\n" + "\n".join(found)
+
+
+def test_the_private_import_check_sees_one(tmp_path: Path) -> None:
+    root = _package(tmp_path, {"sweep/__init__.py": "", "sweep/plan.py": "from speechbs.configio import _set_dotted\n",
+                               "configio.py": "from speechbs.configio import _own\n"})
+    assert private_imports(root) == ["speechbs.sweep.plan imports _set_dotted from speechbs.configio"]
+
+
 def test_the_checker_sees_the_package() -> None:
     """Negative control on the real tree: a known edge is seen (a blind checker passes everything)."""
     edges = import_edges(PACKAGE)
