@@ -38,9 +38,9 @@ Fine-tuning alone moves a point's dev CER by about 5-8 points from seed to seed 
 15 s and 60 s); add seeds with grid.seed. The table's grad noise B and grad std are each run's
 online values at the end of its run: equal hours seen, but different models, so they do not
 show what the batch alone does. grad_noise_fixed_state.png does: the 30 s point's final
-checkpoint measured at 15, 30 and 60 s (speechbs noise), where the std falls 1/sqrt(2) per
-doubling by arithmetic and a B_simple below a batch says that batch is past what this model
-can use. The seed study's effects need BASE models and LibriSpeech (recipes/librispeech/);
+checkpoint measured at 15, 30 and 60 s (speechbs noise). There the std falls about 1/sqrt(2)
+per doubling (less where batches from different length buckets differ in mean gradient,
+docs/lab.md), and a B_simple below a batch says that batch is past what this model can use. The seed study's effects need BASE models and LibriSpeech (recipes/librispeech/);
 this corpus is for plumbing and relative comparisons (docs/corpus.md)."""
 
 
