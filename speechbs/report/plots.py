@@ -250,3 +250,32 @@ def write_noise_plot(record: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def write_probe_plot(record: dict, path: Path) -> Path:
+    """``layer_weights.png`` of one ``speechbs probe`` run: the learned layer weights and each layer's own accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = record["layer_weights"]
+    layers = list(range(len(weights)))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(layers, weights, color="tab:blue", alpha=0.7, label="learned weight (sums to 1)")
+    ax.set_xlabel("layer (0 = projected conv features)")
+    ax.set_ylabel("layer weight")
+    ax.set_xticks(layers)
+    acc_ax = ax.twinx()
+    acc_ax.plot(layers, [100 * a for a in record["per_layer_accuracy"]], marker="o", color="tab:red",
+                label="test accuracy of that layer alone")
+    acc_ax.axhline(100 * record["chance_accuracy"], linestyle=":", color="gray", label="chance (majority class)")
+    acc_ax.set_ylabel("test accuracy (%)")
+    handles = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="best")
+    ax.set_title(f"probe {record['task']} ({record['head']} head): {100 * record['accuracy']:.1f}% test accuracy, "
+                 f"{record['num_classes']} classes", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -66,6 +66,12 @@ class FeatureExtractor:
         wav_BT, lengths_B = wav_BT.to(self.device), lengths_B.to(self.device)
         if self.model is None:
             return mfcc.mfcc_features(wav_BT, lengths_B, self.spec.sample_rate_hz)
+        if self.spec.kind == "layers":  # every layer side by side: the projected conv features, then each layer
+            feats_BCT, frame_lengths_B = self.model.conv_features(wav_BT, lengths_B)
+            local_BTC = self.model.local_features(feats_BCT)
+            out = self.model.contextualize(local_BTC, frame_lengths_B, return_layers=True)
+            layers = [self.model.post_extract_proj(local_BTC), *out.layer_outputs]
+            return torch.cat(layers, dim=-1).float(), out.frame_lengths_B
         out = self.model.encode(wav_BT, lengths_B, return_layers=True)
         return out.layer_outputs[self.spec.layer - 1].float(), out.frame_lengths_B
 
@@ -98,6 +104,31 @@ def layer_extractor(checkpoint: str | Path, layer: int, device: str | torch.devi
                        dim=int(arch.embed_dim),
                        normalize=bool(cfg.audio.normalize), checkpoint=str(checkpoint), checkpoint_sha1=sha1,
                        layer=layer, description=f"{cfg.model.name} layer {layer} of {checkpoint}")
+    return FeatureExtractor(spec, device, model)
+
+
+def all_layers_extractor(checkpoint: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """Every layer of a checkpoint's encoder per frame, concatenated: layer 0 is the projected conv
+    features (the transformer's input), layers 1..L the transformer's outputs (SUPERB's hidden states).
+
+    A pretraining checkpoint of any family, or a fine-tuned CTC checkpoint (its encoder).
+    """
+    from speechbs.asr.ctc import load_ctc_checkpoint
+    from speechbs.pretrained import load_encoder, read_checkpoint, resolve_checkpoint
+
+    saved = read_checkpoint(checkpoint)
+    if "vocab_utf8" in saved.checkpoint["model"]:
+        ctc, cfg, _ = load_ctc_checkpoint(checkpoint)
+        model = ctc.encoder
+    else:
+        model, cfg = load_encoder(checkpoint)
+    arch = cfg.model.arch
+    rate = cfg.audio.sample_rate_hz
+    num_layers = int(arch.num_layers) + 1
+    spec = FeatureSpec(kind="layers", sample_rate_hz=rate, frame_rate_hz=frame_rate_hz(arch.conv_layers, rate),
+                       dim=int(arch.embed_dim) * num_layers, normalize=bool(cfg.audio.normalize),
+                       checkpoint=str(checkpoint), checkpoint_sha1=file_sha1(resolve_checkpoint(checkpoint)),
+                       layer=0, description=f"{cfg.model.name} layers 0..{num_layers - 1} of {checkpoint}")
     return FeatureExtractor(spec, device, model)
 
 

@@ -1,0 +1,79 @@
+"""Every layer's features of a manifest, computed once per (checkpoint, manifest, level) and cached on disk.
+
+Utterance-level tasks keep the mean over each utterance's valid frames (L, C); frame-level
+tasks keep every frame (T, L, C). The cache file is named by a key over the checkpoint
+file's sha1, the manifest's rows and the level, so a retrained or replaced checkpoint (or an
+edited manifest) never reads stale features, and a second probe of the same checkpoint reads
+them in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from speechbs.atomic import write_text
+from speechbs.data.manifest import read_manifest
+from speechbs.errors import DataError
+
+Level = Literal["utterance", "frame"]
+FEATURE_VERSION = 1
+"""Bumped when what is cached changes meaning (it is part of every cache key)."""
+
+
+@dataclass
+class LayerFeatures:
+    """One manifest's features: per utterance (L, C) pooled, or (T, L, C) frames."""
+
+    per_row: list[torch.Tensor]
+    num_layers: int
+    dim: int
+    key: str
+    from_cache: bool
+
+
+def cache_key(checkpoint_sha1: str, manifest_path: str | Path, level: Level) -> str:
+    from speechbs.targets.labels import manifest_hash
+
+    text = json.dumps({"checkpoint_sha1": checkpoint_sha1, "manifest": manifest_hash(read_manifest(manifest_path)),
+                       "level": level, "version": FEATURE_VERSION}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def layer_features(checkpoint: str | Path, manifest_path: str | Path, level: Level, cache_dir: str | Path, *,
+                   num_workers: int = 1, device: str = "cpu") -> LayerFeatures:
+    """The features of every row of ``manifest_path``, from the cache when its key matches."""
+    from speechbs.pretrained import resolve_checkpoint
+    from speechbs.targets.features import all_layers_extractor, file_sha1, iter_features
+
+    sha1 = file_sha1(resolve_checkpoint(checkpoint))
+    key = cache_key(sha1, manifest_path, level)
+    cache = Path(cache_dir) / f"{Path(manifest_path).stem}-{level}-{key[:16]}.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == key:
+            return LayerFeatures(saved["per_row"], saved["num_layers"], saved["dim"], key, from_cache=True)
+    extractor = all_layers_extractor(checkpoint, device)
+    num_layers = extractor.spec.dim // int(extractor.model.cfg.embed_dim)
+    dim = extractor.spec.dim // num_layers
+    manifest = read_manifest(manifest_path)
+    per_row: list[torch.Tensor] = [torch.empty(0)] * len(manifest)
+    for row, feats_TX in iter_features(manifest, extractor, num_workers=num_workers):
+        if len(feats_TX) == 0:
+            raise DataError(f"{manifest_path}: row {row + 1} ({manifest.paths[row]}) is shorter than one frame "
+                            f"of the encoder (400 samples); drop it with `speechbs validate`")
+        feats_TLC = feats_TX.view(len(feats_TX), num_layers, dim).cpu()
+        per_row[row] = feats_TLC.mean(dim=0) if level == "utterance" else feats_TLC.to(torch.float16)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    torch.save({"key": key, "per_row": per_row, "num_layers": num_layers, "dim": dim}, tmp)
+    tmp.replace(cache)
+    write_text(cache.with_suffix(".json"), json.dumps({"checkpoint": str(checkpoint), "checkpoint_sha1": sha1,
+                                                       "manifest": str(manifest_path), "level": level,
+                                                       "version": FEATURE_VERSION}, indent=2) + "\n")
+    return LayerFeatures(per_row, num_layers, dim, key, from_cache=False)

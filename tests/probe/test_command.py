@@ -1,0 +1,101 @@
+"""``speechbs probe`` end to end on a tiny checkpoint: probe.json, the feature cache, and user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechbs.data.manifest import Manifest, write_manifest
+from speechbs.errors import DataError
+from speechbs.probe import command
+from speechbs.probe.features import layer_features
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "old_checkpoints"
+RATE = 16_000
+
+
+def _corpus(root: Path, name: str, n: int, seed: int) -> Path:
+    """Tones whose pitch is the label ("low" / "high"), with noise: a label the conv features carry."""
+    rng = np.random.default_rng(seed)
+    paths, lengths, labels = [], [], []
+    for i in range(n):
+        label = ["low", "high"][i % 2]
+        num = int(RATE * rng.uniform(0.4, 0.7))
+        t = np.arange(num) / RATE
+        wav = 0.3 * np.sin(2 * np.pi * (200 if label == "low" else 2000) * t) + 0.05 * rng.standard_normal(num)
+        rel = f"{name}/{i}.wav"
+        (root / name).mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, wav.astype(np.float32), RATE, subtype="PCM_16")
+        paths.append(rel), lengths.append(num), labels.append(label)
+    tsv = write_manifest(Manifest(root, paths, np.array(lengths)), root / f"{name}.tsv")
+    tsv.with_suffix(".pitch").write_text("".join(f"{label}\n" for label in labels))
+    return tsv
+
+
+def _args(tmp_path: Path, checkpoint: Path, **extra) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    argv = [str(checkpoint), "--task", "pitch", "--label", "pitch", "--train", str(tmp_path / "train.tsv"),
+            "--valid", str(tmp_path / "valid.tsv"), "--test", str(tmp_path / "test.tsv"),
+            "--out", str(tmp_path / "out" / "pitch"), "--epochs", "20", "--workers", "0"]
+    for key, value in extra.items():
+        argv += [f"--{key}", str(value)]
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    for name, n, seed in (("train", 24, 0), ("valid", 8, 1), ("test", 12, 2)):
+        _corpus(tmp_path, name, n, seed)
+    return tmp_path
+
+
+def test_probe_writes_its_record_and_finds_a_label_in_the_features(corpus: Path, capsys) -> None:
+    assert command.main(_args(corpus, FIXTURES / "wav2vec2.pt")) == 0
+    record = json.loads((corpus / "out" / "pitch" / "probe.json").read_text())
+    assert record["classes"] == ["high", "low"] and record["num_test"] == 12
+    assert record["accuracy"] >= 0.9  # chance 0.5: the pitch is in every layer of even a random encoder
+    assert sum(record["layer_weights"]) == pytest.approx(1.0, abs=1e-6)
+    assert len(record["layer_weights"]) == len(record["per_layer_accuracy"]) == 3  # conv + 2 layers (tiny)
+    assert record["per_class"]["low"]["total"] == 6 and record["chance_accuracy"] == 0.5
+    assert (corpus / "out" / "pitch" / "layer_weights.png").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_the_feature_cache_is_reused_and_invalidated_when_the_checkpoint_changes(corpus: Path) -> None:
+    ckpt = corpus / "model.pt"
+    shutil.copy(FIXTURES / "wav2vec2.pt", ckpt)
+    first = layer_features(ckpt, corpus / "test.tsv", "utterance", corpus / "cache", num_workers=0)
+    again = layer_features(ckpt, corpus / "test.tsv", "utterance", corpus / "cache", num_workers=0)
+    assert not first.from_cache and again.from_cache and again.key == first.key
+    assert all(torch.equal(a, b) for a, b in zip(first.per_row, again.per_row))
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["post_extract_proj.bias"] += 1.0  # a retrained checkpoint at the same path
+    torch.save(state, ckpt)
+    changed = layer_features(ckpt, corpus / "test.tsv", "utterance", corpus / "cache", num_workers=0)
+    assert not changed.from_cache and changed.key != first.key
+    assert not torch.equal(changed.per_row[0], first.per_row[0])
+
+
+def test_frame_level_features_keep_every_frame(corpus: Path) -> None:
+    feats = layer_features(FIXTURES / "hubert.pt", corpus / "valid.tsv", "frame", corpus / "cache", num_workers=0)
+    assert feats.num_layers == 3 and all(f.dim() == 3 and f.shape[1:] == (3, feats.dim) for f in feats.per_row)
+
+
+def test_a_missing_or_short_label_file_names_the_file(corpus: Path) -> None:
+    (corpus / "test.pitch").unlink()
+    with pytest.raises(DataError, match=r"test\.pitch does not exist"):
+        command.main(_args(corpus, FIXTURES / "wav2vec2.pt"))
+    (corpus / "test.pitch").write_text("low\n")
+    with pytest.raises(DataError, match=r"test\.pitch has 1 lines but .*test\.tsv has 12 utterances"):
+        command.main(_args(corpus, FIXTURES / "wav2vec2.pt"))
+    (corpus / "test.pitch").write_text("mid\n" * 12)
+    with pytest.raises(DataError, match="labels the training set does not: mid"):
+        command.main(_args(corpus, FIXTURES / "wav2vec2.pt"))
