@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechbs.atomic import output_dir
+from speechbs.atomic import output_dir, write_text
 from speechbs.configio import load_config
 from speechbs.data.audio import AudioInfo, read_infos
 from speechbs.data.manifest import Manifest, label_path, write_labels, write_manifest
@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", help="table giving each utterance's split (TSV with a header "
                                              "holding utt_id/path and --split-column, or 'utt_id split')")
     parser.add_argument("--split-column", default="split", help="column of --split-file (default: split)")
+    parser.add_argument("--label-column", action="append", default=[], metavar="COLUMN:EXT",
+                        help="also write a label file per split from a column of --split-file, e.g. "
+                             "speaker:spk writes train.spk (one label per line; for `speechbs probe --label spk`)")
     parser.add_argument("--check", action="store_true",
                         help="apply all validation rules while building (as `speechbs validate`)")
     parser.add_argument("--strict", action="store_true",
@@ -66,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     if args.valid_percent and args.split_file:
         raise DataError("give either --valid-percent or --split-file, not both")
     check_fraction(args.valid_percent)
+    label_columns = _label_columns(args.label_column, args.split_file)
     out_dir = output_dir(Path(args.out) if args.out else Path("manifests") / Path(args.source).resolve().name,
                          "--out", create=False)
     exts = tuple(e.strip().lstrip(".") for e in args.ext.split(",") if e.strip())
@@ -85,10 +89,41 @@ def main(args: argparse.Namespace) -> int:
         print(f"speechbs manifest: --strict: {len(report.skipped)} problems; nothing written")
         return 2
     splits = _splits(args, collected, report)
+    columns = {ext: _column_values(args.split_file, column, collected, splits) for column, ext in label_columns}
     output_dir(out_dir)
     for name, indices in splits.items():
-        _write_split(manifest.subset(indices), words, indices, out_dir / f"{name}.tsv", name)
+        tsv = out_dir / f"{name}.tsv"
+        _write_split(manifest.subset(indices), words, indices, tsv, name)
+        for ext, values in columns.items():
+            write_text(label_path(tsv, ext), "".join(f"{values[i]}\n" for i in indices))
+        if columns:
+            print(f"{name}: labels {', '.join(str(label_path(tsv, ext).name) for ext in columns)}")
     return 0
+
+
+def _label_columns(specs: list[str], split_file: str | None) -> list[tuple[str, str]]:
+    """``COLUMN:EXT`` items -> (column, extension), checked before anything is read."""
+    pairs = []
+    for spec in specs:
+        column, _, ext = spec.partition(":")
+        if not column or not ext or "/" in ext or ext in ("tsv", "rates", "ltr", "wrd"):
+            raise DataError(f"--label-column {spec!r}: give COLUMN:EXT, e.g. speaker:spk (EXT is the label "
+                            f"file's extension, not tsv, rates, ltr or wrd)")
+        pairs.append((column, ext))
+    if pairs and not split_file:
+        raise DataError("--label-column reads columns of --split-file; give the table with --split-file")
+    return pairs
+
+
+def _column_values(table_path: str, column: str, collected: Collected, splits: dict[str, list[int]]) -> list[str]:
+    """The column's value for every collected file; a file written to a split without one is an error."""
+    values, _ = match_by_id(collected.rel_paths, read_split_table(table_path, column))
+    for indices in splits.values():
+        missing = [collected.rel_paths[i] for i in indices if not values[i]]
+        if missing:
+            raise DataError(f"{table_path}: column {column!r} has no value for {missing[0]} "
+                            f"({len(missing)} files); every written utterance needs a label")
+    return [v or "" for v in values]
 
 
 def _manifest_from_headers(collected: Collected, infos: list[AudioInfo | DataError]) -> Manifest:

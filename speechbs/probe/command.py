@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default="linear", choices=["linear", "mlp", "logreg"],
                         help="linear or mlp on the weighted sum of all layers; logreg: linear on the last layer "
                              "(the classifier-on-latents baseline)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="probe the checkpoint's architecture at the weights its pretraining run started from "
+                             "(the baseline that shows what pretraining added)")
     parser.add_argument("--epochs", type=int, default=50, help="passes over the training set")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the heads and of the example order")
@@ -58,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     level: Level = args.level
     manifests = {"train": args.train, "test": args.test, **({"valid": args.valid} if args.valid else {})}
     labels = {name: read_labels(path, args.label, args.label_dir) for name, path in manifests.items()}
-    features = {name: layer_features(args.checkpoint, path, level, cache, num_workers=args.workers)
-                for name, path in manifests.items()}
+    features = {name: layer_features(args.checkpoint, path, level, cache, num_workers=args.workers,
+                                     random_init=args.random_init) for name, path in manifests.items()}
     classes = sorted(set(_flat(labels["train"], level)))
     splits = {name: to_split(features[name], labels[name], classes, level,
                              label_path(manifests[name], args.label, args.label_dir)) for name in manifests}
@@ -134,7 +137,7 @@ def probe_record(args: argparse.Namespace, classes: list[str], splits: dict[str,
     best_layer = max(range(len(per_layer)), key=lambda i: (per_layer[i], -i))
     return {
         "task": args.task, "checkpoint": str(args.checkpoint), "label": args.label, "level": args.level,
-        "head": args.head, "epochs": args.epochs, "seed": args.seed,
+        "head": args.head, "epochs": args.epochs, "seed": args.seed, "random_init": args.random_init,
         "classes": classes, "num_classes": len(classes),
         "num_train": len(splits["train"].labels_N), "num_test": len(test_labels),
         "num_valid": len(splits["valid"].labels_N) if "valid" in splits else 0,

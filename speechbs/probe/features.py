@@ -37,28 +37,29 @@ class LayerFeatures:
     from_cache: bool
 
 
-def cache_key(checkpoint_sha1: str, manifest_path: str | Path, level: Level) -> str:
+def cache_key(checkpoint_sha1: str, manifest_path: str | Path, level: Level, random_init: bool = False) -> str:
     from speechbs.targets.labels import manifest_hash
 
     text = json.dumps({"checkpoint_sha1": checkpoint_sha1, "manifest": manifest_hash(read_manifest(manifest_path)),
-                       "level": level, "version": FEATURE_VERSION}, sort_keys=True)
+                       "level": level, "random_init": random_init, "version": FEATURE_VERSION}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
 def layer_features(checkpoint: str | Path, manifest_path: str | Path, level: Level, cache_dir: str | Path, *,
-                   num_workers: int = 1, device: str = "cpu") -> LayerFeatures:
-    """The features of every row of ``manifest_path``, from the cache when its key matches."""
+                   num_workers: int = 1, device: str = "cpu", random_init: bool = False) -> LayerFeatures:
+    """The features of every row of ``manifest_path``, from the cache when its key matches
+    (``random_init``: of the checkpoint's architecture at its run's initial weights)."""
     from speechbs.pretrained import resolve_checkpoint
     from speechbs.targets.features import all_layers_extractor, file_sha1, iter_features
 
     sha1 = file_sha1(resolve_checkpoint(checkpoint))
-    key = cache_key(sha1, manifest_path, level)
+    key = cache_key(sha1, manifest_path, level, random_init)
     cache = Path(cache_dir) / f"{Path(manifest_path).stem}-{level}-{key[:16]}.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
         if saved.get("key") == key:
             return LayerFeatures(saved["per_row"], saved["num_layers"], saved["dim"], key, from_cache=True)
-    extractor = all_layers_extractor(checkpoint, device)
+    extractor = all_layers_extractor(checkpoint, device, random_init=random_init)
     num_layers = extractor.spec.dim // int(extractor.model.cfg.embed_dim)
     dim = extractor.spec.dim // num_layers
     manifest = read_manifest(manifest_path)
@@ -75,5 +76,6 @@ def layer_features(checkpoint: str | Path, manifest_path: str | Path, level: Lev
     tmp.replace(cache)
     write_text(cache.with_suffix(".json"), json.dumps({"checkpoint": str(checkpoint), "checkpoint_sha1": sha1,
                                                        "manifest": str(manifest_path), "level": level,
+                                                       "random_init": random_init,
                                                        "version": FEATURE_VERSION}, indent=2) + "\n")
     return LayerFeatures(per_row, num_layers, dim, key, from_cache=False)

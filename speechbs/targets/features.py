@@ -107,17 +107,25 @@ def layer_extractor(checkpoint: str | Path, layer: int, device: str | torch.devi
     return FeatureExtractor(spec, device, model)
 
 
-def all_layers_extractor(checkpoint: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+def all_layers_extractor(checkpoint: str | Path, device: str | torch.device = "cpu", *,
+                         random_init: bool = False) -> FeatureExtractor:
     """Every layer of a checkpoint's encoder per frame, concatenated: layer 0 is the projected conv
     features (the transformer's input), layers 1..L the transformer's outputs (SUPERB's hidden states).
 
     A pretraining checkpoint of any family, or a fine-tuned CTC checkpoint (its encoder).
+    ``random_init``: the same architecture with the weights its pretraining run started from
+    (the run seed's initialization), the baseline that says what pretraining added.
     """
+    from speechbs import seeds
     from speechbs.asr.ctc import load_ctc_checkpoint
-    from speechbs.pretrained import load_encoder, read_checkpoint, resolve_checkpoint
+    from speechbs.pretrained import build_model, load_encoder, read_checkpoint, resolve_checkpoint
 
     saved = read_checkpoint(checkpoint)
-    if "vocab_utf8" in saved.checkpoint["model"]:
+    if random_init:
+        cfg = saved.config
+        torch.manual_seed(seeds.init_seed(cfg.run.seed))  # as tasks/ssl.py seeds before building the model
+        model = build_model(cfg.model).eval()
+    elif "vocab_utf8" in saved.checkpoint["model"]:
         ctc, cfg, _ = load_ctc_checkpoint(checkpoint)
         model = ctc.encoder
     else:
@@ -128,7 +136,8 @@ def all_layers_extractor(checkpoint: str | Path, device: str | torch.device = "c
     spec = FeatureSpec(kind="layers", sample_rate_hz=rate, frame_rate_hz=frame_rate_hz(arch.conv_layers, rate),
                        dim=int(arch.embed_dim) * num_layers, normalize=bool(cfg.audio.normalize),
                        checkpoint=str(checkpoint), checkpoint_sha1=file_sha1(resolve_checkpoint(checkpoint)),
-                       layer=0, description=f"{cfg.model.name} layers 0..{num_layers - 1} of {checkpoint}")
+                       layer=0, description=f"{cfg.model.name} layers 0..{num_layers - 1} of {checkpoint}"
+                                            + (" (random initialization)" if random_init else ""))
     return FeatureExtractor(spec, device, model)
 
 

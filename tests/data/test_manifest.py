@@ -192,6 +192,24 @@ def test_split_file_with_header_or_pairs(tmp_path: Path) -> None:
     assert read_split_table(tmp_path / "pairs") == {"s1": "dev", "s4": "eval"}
 
 
+def test_label_columns_of_the_split_file_become_label_files_per_split(tmp_path: Path, capsys) -> None:
+    for name in ["s1", "s2", "s3"]:
+        write_wav(tmp_path / "a" / f"{name}.wav", 500)
+    (tmp_path / "meta.tsv").write_text("utt_id\tspeaker\tsplit\ns1\tann\ttrain\ns2\tbob\ttest\ns3\tbob\ttrain\n")
+    assert cli(["manifest", str(tmp_path / "a"), "--split-file", str(tmp_path / "meta.tsv"),
+                "--label-column", "speaker:spk", "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "train.spk").read_text() == "ann\nbob\n"
+    assert (tmp_path / "m" / "test.spk").read_text() == "bob\n"
+    (tmp_path / "meta.tsv").write_text("utt_id\tspeaker\tsplit\ns1\tann\ttrain\ns2\t\ttest\ns3\tbob\ttrain\n")
+    assert cli(["manifest", str(tmp_path / "a"), "--split-file", str(tmp_path / "meta.tsv"),
+                "--label-column", "speaker:spk", "--out", str(tmp_path / "m2")]) == 2
+    assert "column 'speaker' has no value for s2.wav" in capsys.readouterr().err
+    assert not (tmp_path / "m2").exists()  # nothing written
+    assert cli(["manifest", str(tmp_path / "a"), "--split-file", str(tmp_path / "meta.tsv"),
+                "--label-column", "speaker"]) == 2
+    assert "give COLUMN:EXT" in capsys.readouterr().err
+
+
 def test_source_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert cli(["manifest", str(tmp_path / "empty")]) == 2

@@ -99,3 +99,20 @@ def test_a_missing_or_short_label_file_names_the_file(corpus: Path) -> None:
     (corpus / "test.pitch").write_text("mid\n" * 12)
     with pytest.raises(DataError, match="labels the training set does not: mid"):
         command.main(_args(corpus, FIXTURES / "wav2vec2.pt"))
+
+
+def test_random_init_features_are_the_runs_starting_weights_and_cached_apart(corpus: Path) -> None:
+    from speechbs.pretrained import build_model, read_checkpoint
+
+    trained = layer_features(FIXTURES / "wav2vec2.pt", corpus / "valid.tsv", "utterance", corpus / "cache", num_workers=0)
+    start = layer_features(FIXTURES / "wav2vec2.pt", corpus / "valid.tsv", "utterance", corpus / "cache", num_workers=0,
+                           random_init=True)
+    assert start.key != trained.key and not start.from_cache
+    assert not torch.equal(start.per_row[0], trained.per_row[0])
+    cfg = read_checkpoint(FIXTURES / "wav2vec2.pt").config
+    torch.manual_seed(cfg.run.seed)
+    reference = build_model(cfg.model)
+    again = layer_features(FIXTURES / "wav2vec2.pt", corpus / "valid.tsv", "utterance", corpus / "cache2",
+                           num_workers=0, random_init=True)
+    assert all(torch.equal(a, b) for a, b in zip(start.per_row, again.per_row))  # deterministic
+    assert reference.post_extract_proj.weight.shape[0] == start.dim
