@@ -13,8 +13,9 @@ import pytest
 from speechbs.configio import config_from_toml, dump_toml, load_config, parse_override, toml_str
 from speechbs.errors import ConfigError
 
-TRICKY = ["run 😀 emoji", 'a "quoted" name', "C:\\data\\run\\", "tab\there", "line\nbreak\r\n", "\ufeffBOM first",
-          "bell\x07 del\x7f nul\x00 esc\x1b", "é ü 中文 𝄞", "", "'single' and \"\"\" triple", "\\u0041 not an escape"]
+TRICKY = ["run 😀 emoji", 'a "quoted" name', "C:\\data\\run\\", "tab\there", "line\nbreak\r\n",
+          "\ufeffBOM first", "bell\x07 del\x7f nul\x00 esc\x1b", "é ü 中文 𝄞", "",
+          "'single' and \"\"\" triple", "\\u0041 not an escape"]
 
 
 @pytest.mark.parametrize("text", TRICKY)
