@@ -283,6 +283,14 @@ class TrainConfig:
     num_steps: int = 400_000
     """Optimizer steps to train (wav2vec 2.0 BASE: 400k)."""
 
+    init: str = ""
+    """Pretraining only: weights to start from instead of the seeded random ones, a speechbs checkpoint
+    file or run directory (every weight, heads included) or a local Hugging Face directory (never
+    downloaded; ``Wav2Vec2ForPreTraining`` keeps its quantizer and heads, HuBERT/WavLM and encoder-only
+    directories start with the seeded heads). The architecture must match ``[model]``; the optimizer,
+    schedule and batch plan start fresh. Read by a new run only: a resumed run continues from its own
+    checkpoint. Empty: the seeded random initialization."""
+
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Autocast dtype of training and validation forwards: ``auto`` is bf16 on a GPU that supports it, fp32
     otherwise; ``fp16`` adds a grad scaler (GPU only, first scale 128). Losses and logits stay fp32."""

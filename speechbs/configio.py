@@ -94,10 +94,32 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def toml_str(value: Any) -> str:
-    """A string value for ``--set`` that survives TOML parsing whatever it holds (paths, quotes)."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    """``value`` as a TOML basic string, which ``tomllib`` reads back equal whatever it holds.
+
+    ``"`` and ``\\`` are escaped, control characters become their short escape or ``\\uXXXX``,
+    and every other character is written as itself (UTF-8 in the file). Not ``json.dumps``: JSON
+    writes a character beyond U+FFFF (an emoji) as a surrogate pair ``\\ud83d\\ude00``, which TOML
+    refuses, so a run name with an emoji made its ``config.toml`` unreadable. Used for ``--set``
+    values and for every string of a dumped config.
+    """
+    text = str(value)
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:  # a lone surrogate (an undecodable file name byte) has no TOML form
+            raise ConfigError(f"{text!r} holds the unpaired surrogate U+{code:04X}, which TOML cannot write; "
+                              f"rename the file or value to valid Unicode")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -321,7 +343,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return toml_str(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} to TOML")

@@ -21,11 +21,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "speechbs"
 FORBIDDEN: dict[str, set[str]] = {
     # Architecture only: no file I/O, training, data pipeline or configuration loading.
     "models": {"train", "tasks", "data", "targets", "checkpoint", "configio", "pretrained", "sweep",
-               "report", "asr", "cli", "pretrain", "finetune", "config", "dist"},
+               "report", "asr", "cli", "pretrain", "finetune", "config", "dist", "interop", "export"},
     # The data pipeline knows audio, manifests and batches, not models or training.
-    "data": {"train", "tasks", "models", "sweep", "report", "cli", "pretrain", "finetune"},
+    "data": {"train", "tasks", "models", "sweep", "report", "cli", "pretrain", "finetune", "interop"},
     # The engine runs any task; it does not know which tasks exist or who launched it.
-    "train": {"sweep", "report", "cli", "pretrain", "finetune", "demo"},
+    "train": {"sweep", "report", "cli", "pretrain", "finetune", "demo", "export"},
     # The schema is the bottom of the tree: everything reads it, it reads nothing but errors.
     "config": {"configio", "train", "tasks", "data", "sweep", "report", "cli", "checkpoint"},
 }

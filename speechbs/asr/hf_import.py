@@ -1,5 +1,11 @@
 """Encoders from a LOCAL Hugging Face model directory (no download), through speechbs converters.
 
+Read by ``finetune.init`` and by pretraining's ``train.init``. The directory's model class
+(``architectures`` in ``config.json``) decides what is read: a ``Wav2Vec2ForPreTraining``
+gives the encoder, the quantizer, ``project_q`` and ``project_hid`` (speechbs
+``final_proj``); a ``...Model`` or ``...ForCTC`` directory gives the encoder (a CTC head is
+left out). The other direction is :mod:`speechbs.interop.hf`.
+
 ``model_type`` in ``config.json`` picks the converter in
 :mod:`speechbs.models.convert`: ``from_hf_wav2vec2`` and, where they exist,
 ``from_hf_hubert`` / ``from_hf_wavlm`` (looked up by name, so a family
@@ -22,6 +28,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "hubert": ("hubert", "from_hf_hubert"),
     "wavlm": ("wavlm", "from_hf_wavlm"),
 }
+PRETRAINING_CLASS: dict[str, str] = {"wav2vec2": "Wav2Vec2ForPreTraining"}
+"""HF model_type -> its pretraining model class (transformers has none for HuBERT and WavLM)."""
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -30,13 +38,16 @@ def is_hf_dir(path: str | Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
 
 
-def load_hf_encoder(path: str | Path) -> tuple[str, Any, dict[str, torch.Tensor]]:
-    """(registry model name, arch config, speechbs state dict) of a local HF encoder directory."""
-    check_weights_only(Path(path))
+def load_hf_encoder(path: str | Path, key: str = "finetune.init") -> tuple[str, Any, dict[str, torch.Tensor]]:
+    """(registry model name, arch config, speechbs state dict) of a local HF encoder directory.
+
+    ``key`` is the setting that named the directory, for the messages.
+    """
+    check_weights_only(Path(path), key)
     try:
         import transformers
     except ImportError:
-        raise ConfigError(f"finetune.init={path} is a Hugging Face directory; reading it needs "
+        raise ConfigError(f"{key}={path} is a Hugging Face directory; reading it needs "
                           f"transformers (pip install 'speechbs[hf]')") from None
     from speechbs.models import convert
     from speechbs.models.registry import MODELS
@@ -47,14 +58,17 @@ def load_hf_encoder(path: str | Path) -> tuple[str, Any, dict[str, torch.Tensor]
     converter = getattr(convert, family[1], None) if family else None
     if family is None or converter is None or family[0] not in MODELS:
         known = [t for t, (name, fn) in FAMILIES.items() if name in MODELS and hasattr(convert, fn)]
-        raise ConfigError(f"finetune.init={path}: Hugging Face model_type {model_type!r} has no speechbs "
+        raise ConfigError(f"{key}={path}: Hugging Face model_type {model_type!r} has no speechbs "
                           f"converter; supported here: {', '.join(known)}")
-    hf_model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+    # A pretraining directory keeps its heads; AutoModel would give the bare encoder.
+    with_heads = PRETRAINING_CLASS.get(model_type, "") in (getattr(hf_config, "architectures", None) or [])
+    model_cls = getattr(transformers, PRETRAINING_CLASS[model_type]) if with_heads else transformers.AutoModel
+    hf_model = model_cls.from_pretrained(str(path), local_files_only=True)
     arch, state = converter(hf_model, hf_config)
     return family[0], arch, state
 
 
-def check_weights_only(path: Path) -> None:
+def check_weights_only(path: Path, key: str = "finetune.init") -> None:
     """Refuse a directory whose only weights are a ``pytorch_model*.bin`` that holds more than tensors.
 
     Such a file needs full unpickling, which runs code from the file; speechbs
@@ -76,7 +90,7 @@ def check_weights_only(path: Path) -> None:
         except Exception as exc:  # noqa: BLE001 - whatever unpickling refused, the fix is the same
             reason = load_failure(exc)
             raise ConfigError(
-                f"finetune.init = {str(path)!r}: {weights.name} is a pickle with more than weights ({reason}); "
+                f"{key} = {str(path)!r}: {weights.name} is a pickle with more than weights ({reason}); "
                 f"speechbs loads weights only, because unpickling runs code from the file. If you trust its "
                 f"source, convert it once to safetensors: python -c \"import torch; from safetensors.torch import "
                 f"save_file; sd = torch.load('{weights}', weights_only=False); save_file({{k: v.contiguous() for k, v "

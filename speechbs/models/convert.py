@@ -1,4 +1,4 @@
-"""Weight conversion from Hugging Face transformers' wav2vec 2.0, HuBERT and WavLM into speechbs.
+"""Weight conversion between Hugging Face transformers' wav2vec 2.0, HuBERT and WavLM and speechbs.
 
 ``from_hf_wav2vec2(model_or_state_dict, hf_config)`` returns a
 :class:`~speechbs.models.wav2vec2_config.Wav2Vec2Config` and a state dict that loads
@@ -15,14 +15,25 @@ converts fairseq checkpoints.
 HuBERT/WavLM pretraining heads, so ``final_proj`` and ``label_embs`` are
 missing (load with ``strict=False``); the encoder names are wav2vec 2.0's,
 plus WavLM's position-bias table and gates.
+
+The other direction (``speechbs export --to hf``, :mod:`speechbs.interop.hf`) uses the same
+tables: :func:`hf_config_kwargs` is the inverse of the ``*config_from_hf`` functions (and
+refuses an architecture the HF config cannot hold), and :func:`to_hf_state` fills each name
+of an HF model's state dict from the speechbs tensor :func:`rename_hf_key` maps it to, so
+the rename table below is the one source of truth for both directions. Pure: no file I/O,
+no transformers import (an HF config is built by the caller from the keyword arguments).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import fields
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from speechbs.errors import ConfigError
 
 from speechbs.models.hubert_config import HubertConfig
 from speechbs.models.wav2vec2_config import Wav2Vec2Config
@@ -159,3 +170,95 @@ def from_hf_wavlm(hf_model_or_state_dict: Any, hf_config: Any | None = None,
     """(speechbs config, encoder state dict) from an HF ``WavLMModel`` (or ``WavLMForCTC`` state dict)."""
     hf_config, state = _hf_state(hf_model_or_state_dict, hf_config, "wavlm.", _WAVLM_RENAMES)
     return wavlm_config_from_hf(hf_config), state
+
+
+# ---- speechbs -> Hugging Face --------------------------------------------------------------------
+
+HF_PREFIX: dict[str, str] = {"wav2vec2": "wav2vec2.", "hubert": "hubert.", "wavlm": "wavlm."}
+"""Family -> the prefix of the encoder's names in HF's ``...ForPreTraining`` / ``...ForCTC`` models."""
+
+NOT_IN_HF: dict[str, tuple[str, ...]] = {
+    "wav2vec2": ("feature_grad_mult", "feature_penalty_weight", "diversity_scope"),
+    "hubert": ("feature_grad_mult", "feature_penalty_weight", "final_dim", "sample_rate_hz", "label_rate_hz",
+               "num_clusters", "logit_temperature", "pred_masked_weight", "pred_nomask_weight"),
+}
+"""Training settings of each family that no HF config field holds: they shape the loss or the
+gradient, not the forward of the exported model, so an export drops them (the speechbs checkpoint
+keeps them) and an import gives speechbs' BASE values."""
+NOT_IN_HF["wavlm"] = NOT_IN_HF["hubert"] + ("mix_prob", "mix_scope", "mix_max_fraction", "mix_ratio_min_db",
+                                            "mix_ratio_max_db")
+
+
+def _hf_encoder_kwargs(arch: Any) -> dict[str, Any]:
+    """The inverse of :func:`_encoder_fields`: HF config keyword arguments of the shared encoder."""
+    channels, kernels, strides = (list(v) for v in zip(*arch.conv_layers))
+    return dict(
+        conv_dim=channels, conv_kernel=kernels, conv_stride=strides, feat_extract_norm=arch.conv_norm,
+        conv_bias=arch.conv_bias, hidden_size=arch.embed_dim, num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads, intermediate_size=arch.ffn_dim,
+        do_stable_layer_norm=arch.layer_norm_first, num_conv_pos_embeddings=arch.pos_conv_kernel,
+        num_conv_pos_embedding_groups=arch.pos_conv_groups, hidden_dropout=arch.dropout,
+        attention_dropout=arch.attention_dropout, activation_dropout=arch.activation_dropout,
+        feat_proj_dropout=arch.dropout_input, layerdrop=arch.layerdrop, layer_norm_eps=arch.layer_norm_eps,
+        mask_time_prob=arch.mask_prob, mask_time_length=arch.mask_length, mask_time_min_masks=arch.mask_min_spans,
+        mask_feature_prob=arch.mask_channel_prob, mask_feature_length=arch.mask_channel_length,
+        mask_feature_min_masks=arch.mask_channel_min_spans, hidden_act="gelu", feat_extract_activation="gelu",
+        feat_proj_layer_norm=True, conv_pos_batch_norm=False, apply_spec_augment=True)
+
+
+def hf_config_kwargs(family: str, arch: Any) -> dict[str, Any]:
+    """Keyword arguments of the ``transformers`` config (``Wav2Vec2Config``, ``HubertConfig``,
+    ``WavLMConfig``) of a speechbs architecture: the inverse of :func:`config_from_hf`,
+    :func:`hubert_config_from_hf` and :func:`wavlm_config_from_hf`.
+
+    Checked by going back: every field but the training settings of :data:`NOT_IN_HF` must read
+    back equal through the import mapping, else a :class:`ConfigError` names the fields.
+    """
+    if family not in HF_PREFIX:
+        raise ConfigError(f"model {family!r} has no Hugging Face counterpart; known: {', '.join(HF_PREFIX)}")
+    kwargs = _hf_encoder_kwargs(arch)
+    if family == "wav2vec2":
+        kwargs.update(feat_quantizer_dropout=arch.dropout_features, proj_codevector_dim=arch.final_dim,
+                      num_codevector_groups=arch.num_codebooks, num_codevectors_per_group=arch.codebook_size,
+                      codevector_dim=arch.codevector_dim, num_negatives=arch.num_negatives,
+                      contrastive_logits_temperature=arch.logit_temperature,
+                      diversity_loss_weight=arch.diversity_weight)
+    elif family == "wavlm":
+        kwargs.update(num_buckets=arch.num_buckets, max_bucket_distance=arch.max_distance)
+    back = {"wav2vec2": config_from_hf, "hubert": hubert_config_from_hf,
+            "wavlm": wavlm_config_from_hf}[family](SimpleNamespace(**kwargs))
+    lost = [f"model.{f.name} = {getattr(arch, f.name)!r}" for f in fields(arch)
+            if f.name not in NOT_IN_HF[family] and getattr(back, f.name) != getattr(arch, f.name)]
+    if lost:
+        raise ConfigError(f"a Hugging Face {family} config cannot hold {', '.join(lost)}; "
+                          f"export a model without these settings")
+    return kwargs
+
+
+def hf_renames(family: str) -> list[tuple[str, str]]:
+    """The family's extra rename rules, tried before the shared table."""
+    return _WAVLM_RENAMES if family == "wavlm" else []
+
+
+def to_hf_state(family: str, state: dict[str, torch.Tensor], hf_names: list[str],
+                ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """(HF state dict, HF names speechbs has no tensor for, speechbs names no HF name takes).
+
+    ``hf_names`` are the keys of the target HF model's ``state_dict()``; each takes the speechbs
+    tensor :func:`rename_hf_key` maps it to (a name it maps to None, e.g. ``lm_head``, is the
+    caller's). The unused speechbs names are the heads HF does not have (HuBERT's ``final_proj``
+    and ``label_embs``) or ``mask_emb`` when HF builds no mask embedding (both mask
+    probabilities 0).
+    """
+    hf_state: dict[str, torch.Tensor] = {}
+    missing, taken = [], set()
+    for hf_name in hf_names:
+        name = rename_hf_key(hf_name, HF_PREFIX[family], hf_renames(family))
+        if name is None:
+            continue
+        if name in state:
+            hf_state[hf_name] = state[name].detach().clone().contiguous()
+            taken.add(name)
+        else:
+            missing.append(hf_name)
+    return hf_state, missing, sorted(set(state) - taken)

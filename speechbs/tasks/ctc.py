@@ -64,6 +64,9 @@ def prepare_finetune(cfg: Config) -> tuple[Config, dict[str, torch.Tensor] | Non
     if cfg.data.labels not in ("", "ltr", "wrd"):
         raise ConfigError(f"data.labels = {cfg.data.labels!r}: CTC fine-tuning reads letter ('ltr') or word "
                           f"('wrd') transcripts beside the manifests")
+    if cfg.train.init:
+        raise ConfigError(f"train.init = {cfg.train.init!r} starts pretraining; fine-tuning starts from "
+                          f"finetune.init (set that instead)", key="train.init")
     data = dataclasses.replace(cfg.data, labels=cfg.data.labels or "ltr")
     name, size, arch, state = cfg.model.name, cfg.model.size, cfg.model.arch, None
     init = cfg.finetune.init

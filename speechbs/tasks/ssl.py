@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,7 +88,12 @@ class SSLTask(Task):
         spec = MODELS[cfg.model.name]
         self.cfg, self.ctx = cfg, ctx
         ctx.seed_everything(seeds.init_seed(cfg.run.seed), same_on_all_ranks=True)  # the same weights at any world size
-        self.model = spec.model_cls(cfg.model.arch).to(ctx.device)
+        model = spec.model_cls(cfg.model.arch)
+        if cfg.train.init:  # after the seeded init, so weights the source lacks keep their seeded values
+            note = load_initial_weights(model, cfg)
+            if ctx.is_main:
+                print(note, flush=True)
+        self.model = model.to(ctx.device)
         self.needs_labels = getattr(spec, "needs_labels", False)
         self.targets = _hook(cluster_labels(cfg, cfg.data.train_manifest) if self.needs_labels else None, cfg)
         self.partners = mix_partners(cfg)
@@ -172,6 +178,53 @@ class SSLTask(Task):
         else:
             inputs = {"gumbel_temperature": self.temperature(step), "step_usage": step_usage}
         return model(mb.wav_BT, mb.lengths_B, seeds_B=seeds_B, layerdrop_seed=layerdrop_seed, **inputs)
+
+
+STRUCTURE = ("conv_layers", "conv_norm", "conv_bias", "embed_dim", "num_layers", "num_heads", "ffn_dim",
+             "layer_norm_first", "pos_conv_kernel", "pos_conv_groups", "layer_norm_eps", "num_codebooks",
+             "codebook_size", "codevector_dim", "num_buckets", "max_distance")
+"""Architecture fields ``train.init``'s source must share with ``[model]``: the shapes and the forward."""
+
+
+def load_initial_weights(model: nn.Module, cfg: Config) -> str:
+    """Load ``train.init`` into the freshly seeded ``model``; the log line that says what came from where.
+
+    A speechbs pretraining checkpoint gives every weight. A Hugging Face directory gives what
+    it has: all of wav2vec 2.0 from ``Wav2Vec2ForPreTraining``, the encoder only from HuBERT and
+    WavLM (transformers has no heads for them), whose heads keep their seeded values.
+    """
+    from speechbs.asr.hf_import import is_hf_dir, load_hf_encoder
+    from speechbs.pretrained import read_checkpoint
+
+    init = cfg.train.init
+    if not Path(init).exists():
+        raise ConfigError(f"train.init = {init!r} does not exist; give a speechbs pretraining checkpoint file or "
+                          f"run directory, or a local Hugging Face model directory", key="train.init")
+    if is_hf_dir(init):
+        name, arch, state = load_hf_encoder(init, key="train.init")
+    else:
+        saved = read_checkpoint(init)
+        name, arch, state = saved.config.model.name, saved.config.model.arch, saved.checkpoint["model"]
+        if "vocab_utf8" in state:
+            raise ConfigError(f"train.init = {init!r} is a fine-tuned CTC checkpoint ({saved.path}); continue "
+                              f"pretraining from the pretraining run it was fine-tuned from", key="train.init")
+    differ = [f"model.{key} = {getattr(arch, key)!r}" for key in STRUCTURE
+              if hasattr(arch, key) and getattr(arch, key) != getattr(cfg.model.arch, key, None)]
+    if name != cfg.model.name or differ:
+        theirs = ", ".join([f"model.name = {name!r}"] * (name != cfg.model.name) + differ)
+        raise ConfigError(f"train.init = {init!r} holds another architecture than [model]: it has {theirs}; "
+                          f"set those fields to match", key="train.init")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a head of another shape (final_dim, num_clusters)
+        raise ConfigError(f"train.init = {init!r}: {str(exc).splitlines()[-1].strip()}", key="train.init") from None
+    if unexpected:
+        raise ConfigError(f"train.init = {init!r}: weights {unexpected[:5]} do not fit {cfg.model.name}",
+                          key="train.init")
+    fresh = sorted({key.split(".")[0] for key in missing})
+    kept = "every weight" if not fresh else f"the encoder; seeded initial weights for {', '.join(fresh)}"
+    why = " (transformers has no pretraining heads for this family)" if fresh and is_hf_dir(init) else ""
+    return f"pretraining {cfg.model.name} from {init}: {kept}{why}"
 
 
 def mix_partners(cfg: Config) -> PartnerDraw | None:
