@@ -81,6 +81,8 @@ class RunRow:
     """(hours seen, windowed B_simple s, windowed grad std at the run's batch) of every online measurement."""
     fixed_noise: list[dict] = field(default_factory=list)
     """``noise.json`` records of this run's checkpoints (fixed-state measurements)."""
+    probes: dict[str, float] = field(default_factory=dict)
+    """Probe task -> test accuracy in [0, 1] (``probe/<task>/probe.json`` of ``speechbs probe``)."""
     seed: int | None = None
     """``run.seed`` of the pretraining run."""
     group_key: str = ""
@@ -185,6 +187,10 @@ def read_point(point_dir: Path, notes: list[str], last_rows: int = LAST_ROWS) ->
     row.run_dir = point_dir
     row.fixed_noise += [record for path in sorted(point_dir.glob("noise/**/noise.json"))
                         if (record := _read_json(path, notes)) is not None]
+    for path in sorted(point_dir.glob("probe/*/probe.json")):
+        record = _read_json(path, notes)
+        if record is not None and _number(record.get("accuracy")) is not None:
+            row.probes[str(record.get("task") or path.parent.name)] = float(record["accuracy"])
     decode_dir = point_dir / "decode"
     for score_path in sorted(decode_dir.glob("*/*/score.json")) if decode_dir.is_dir() else []:
         split_tag, test = score_path.parent.parent.name, score_path.parent.name

@@ -8,7 +8,9 @@
   where the 1/sqrt(2)-per-doubling line applies);
 - ``grad_noise_vs_batch.png``: the online values of each run at matched hours seen (different models:
   no 1/sqrt(2) line is drawn, since nothing predicts one across them), with the B_simple = batch line;
-- ``loss_curves.png``: pretraining train loss per batch size against steps and against hours seen.
+- ``loss_curves.png``: pretraining train loss per batch size against steps and against hours seen;
+- ``probe_vs_batch.png`` (when a point has ``probe/<task>/probe.json``): each probe's test accuracy
+  against the pretraining batch.
 
 Batch axes are ticked at the batch sizes that ran. Runs that differ only by seed are one point, their
 mean, with a bar of +- one sample sd. A plot with nothing to show is still written, with a line
@@ -21,7 +23,7 @@ import math
 from pathlib import Path
 
 from speechbs.report.collect import Collected, mean_sd
-from speechbs.report.table import score_columns
+from speechbs.report.table import probe_tasks, score_columns
 
 PLOT_NAMES = ("wer_vs_batch.png", "wer_vs_hours.png", "grad_noise_fixed_state.png", "grad_noise_vs_batch.png",
               "loss_curves.png")
@@ -36,13 +38,29 @@ def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = (_wer_vs_batch, _wer_vs_hours, _fixed_state, _noise_vs_batch, _loss_curves)
     paths = []
-    for name, writer in zip(PLOT_NAMES, writers):
+    extra = (("probe_vs_batch.png", _probe_vs_batch),) if probe_tasks(collected) else ()
+    for name, writer in (*zip(PLOT_NAMES, writers), *extra):
         fig = writer(plt, collected)
         path = out_dir / name
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _probe_vs_batch(plt, collected: Collected):
+    """``probe_vs_batch.png``: each probe task's test accuracy against the pretraining batch (mean +- sd over seeds)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task in probe_tasks(collected):
+        points = [(g.batch_s, [100 * r.probes[task] for r in g.rows if task in r.probes]) for g in collected.groups
+                  if g.batch_s is not None and any(task in r.probes for r in g.rows)]
+        _errorbar(ax, points, label=task)
+    batch_axis(ax, [g.batch_s for g in collected.groups])
+    ax.set_xlabel("pretraining batch (s of audio per step)")
+    ax.set_ylabel("probe test accuracy, %")
+    ax.set_title("frozen-feature probes vs batch size" + _seeds_note(collected))
+    ax.legend(title="probe task (docs/probes.md)", fontsize=8)
+    return fig
 
 
 def _empty(ax, message: str) -> None:

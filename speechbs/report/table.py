@@ -35,10 +35,17 @@ def score_columns(collected: Collected) -> list[tuple[str, str]]:
     return pairs
 
 
+def probe_tasks(collected: Collected) -> list[str]:
+    """Probe task names found in any run, in first-seen order."""
+    return list(dict.fromkeys(task for row in collected.rows for task in row.probes))
+
+
 def table_rows(collected: Collected) -> tuple[list[str], list[list[str | int | Cell]]]:
     """Column names and, per group of seeds, its label, its number of runs and a (mean, sd) per column."""
     pairs = score_columns(collected)
-    columns = BASE_COLUMNS + [f"{m} {s}/{t}" for s, t in pairs for m in ("WER", "CER")]
+    tasks = probe_tasks(collected)
+    columns = (BASE_COLUMNS + [f"{m} {s}/{t}" for s, t in pairs for m in ("WER", "CER")]
+               + [f"probe {task} acc %" for task in tasks])
     values = []
     for group in collected.groups:
         line: list[str | int | Cell] = [group.label, len(group.rows)]
@@ -49,6 +56,8 @@ def table_rows(collected: Collected) -> tuple[list[str], list[list[str | int | C
                 line.append(mean_sd(group.values(attr)))
         for split, test in pairs:
             line += [mean_sd(group.score_values(split, test, "wer")), mean_sd(group.score_values(split, test, "cer"))]
+        for task in tasks:
+            line.append(mean_sd([100 * r.probes[task] for r in group.rows if task in r.probes]))
         values.append(line)
     return columns, values
 
@@ -58,7 +67,7 @@ def _number(column: str, value: float) -> str:
         return f"{value:.0f}"
     if column == "peak_lr":
         return f"{value:.3g}"
-    if column.startswith(("WER", "CER")):
+    if column.startswith(("WER", "CER", "probe")):
         return f"{value:.1f}"
     return f"{value:.4g}"
 

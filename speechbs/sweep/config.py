@@ -187,6 +187,43 @@ class NoiseSpec:
 
 
 @dataclass(kw_only=True)
+class ProbeSpec:
+    """A ``[[probe]]`` table: ``speechbs probe`` of each point's final pretraining checkpoint."""
+
+    name: str = ""
+    """Task name: the output goes to ``points/<point>/probe/<name>/probe.json``; the report's column."""
+
+    label: str = ""
+    """Label file extension beside each manifest (``train.tsv`` + ``spk`` -> ``train.spk``)."""
+
+    train_manifest: str = ""
+    """Manifest the head is trained on."""
+
+    test_manifest: str = ""
+    """Manifest it is scored on."""
+
+    valid_manifest: str = ""
+    """Manifest that selects the epoch; empty: the last epoch."""
+
+    level: Literal["utterance", "frame"] = "utterance"
+    """``utterance``: one label per utterance (mean-pooled features); ``frame``: one label per encoder frame."""
+
+    head: Literal["linear", "mlp", "logreg"] = "linear"
+    """``linear`` / ``mlp`` on SUPERB's weighted layer sum; ``logreg`` on the last layer (docs/probes.md)."""
+
+    epochs: int = 50
+    """Passes over the training set."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.name) and "/" not in self.name, "probe.name", "is required: a short name without '/'")
+        require(bool(self.label) and "." not in self.label, f"probe[{self.name}].label",
+                "is required: the label file extension without the dot (e.g. spk)")
+        require(bool(self.train_manifest) and bool(self.test_manifest), f"probe[{self.name}].train_manifest",
+                "and test_manifest are required (.tsv manifests with label files beside them)")
+        require(self.epochs >= 1, f"probe[{self.name}].epochs", "must be >= 1")
+
+
+@dataclass(kw_only=True)
 class SweepConfig:
     """A whole sweep recipe."""
 
@@ -205,11 +242,15 @@ class SweepConfig:
     noise: list[NoiseSpec] = field(default_factory=list)
     """Fixed-state gradient-noise measurements of the pretrained checkpoints (none: no noise stage)."""
 
+    probe: list[ProbeSpec] = field(default_factory=list)
+    """Frozen-feature probes of each point's final pretrained checkpoint (none: no probe stage)."""
+
     REQUIRED_TABLES: ClassVar[dict[str, str]] = {
         "sweep": "a sweep recipe needs a [sweep] table (is this a pretraining recipe? run it with `speechbs pretrain`)"}
 
     def __post_init__(self) -> None:
-        for key, items in (("finetune", self.finetune), ("test", self.test), ("noise", self.noise)):
+        for key, items in (("finetune", self.finetune), ("test", self.test), ("noise", self.noise),
+                           ("probe", self.probe)):
             names = [item.name for item in items]
             require(len(set(names)) == len(names), key, f"names must differ, got {names}")
         require(not self.test or bool(self.finetune), "test",

@@ -78,8 +78,8 @@ def point_script(plan: SweepPlan, point: Point, nproc_per_node: int) -> str:
             lines.append(f"CKPT={q(str(run_dir / 'checkpoints' / 'best.pt'))}; "
                          f"[[ -f $CKPT ]] || CKPT={q(str(run_dir))}")
             lines.append(f'[[ -f {q(str(stage.out_dir / "decode.json"))} ]] || "${{RUN[@]}}" decode "$CKPT" {rest}')
-        else:  # score.json and noise.json are written last
-            done = stage.out_dir / ("noise.json" if stage.kind == "noise" else "score.json")
+        else:  # score.json, noise.json and probe.json are written last
+            done = stage.out_dir / (f"{stage.kind}.json" if stage.kind in ("noise", "probe") else "score.json")
             lines.append(f'[[ -f {q(str(done))} ]] || "${{RUN[@]}}" {command}')
     if plan.cfg.sweep.finetune_milestones or any(spec.steps for spec in plan.cfg.noise):
         sweep_args = [str(plan.recipe_path), "--out", str(plan.root), "--point", point.name,

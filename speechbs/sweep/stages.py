@@ -8,7 +8,8 @@ done when that output exists and is complete:
   ``config.toml`` for fine-tuning);
 - decode: ``hyp.wrd`` and ``decode.json`` (written last) exist;
 - score: ``score.json`` exists;
-- noise: ``noise.json`` (written last, atomically) exists.
+- noise: ``noise.json`` (written last, atomically) exists;
+- probe: ``probe.json`` (written last, atomically) exists.
 
 So a sweep killed at any moment and started again runs only what is missing;
 a half-finished pretraining or fine-tuning run resumes from its checkpoint.
@@ -32,7 +33,7 @@ else:  # pragma: no cover
 from speechbs.checkpoint import checkpoint_step, milestone_checkpoints
 from speechbs.sweep.plan import Point, SweepPlan, toml_str
 
-KINDS = ("pretrain", "finetune", "decode", "score", "noise")
+KINDS = ("pretrain", "finetune", "decode", "score", "noise", "probe")
 
 
 @dataclass
@@ -87,8 +88,8 @@ def is_done(stage: Stage) -> bool:
         return (stage.out_dir / "hyp.wrd").is_file() and (stage.out_dir / "decode.json").is_file()
     if stage.kind == "score":
         return (stage.out_dir / "score.json").is_file()
-    if stage.kind == "noise":
-        return (stage.out_dir / "noise.json").is_file()
+    if stage.kind in ("noise", "probe"):
+        return (stage.out_dir / f"{stage.kind}.json").is_file()
     raise AssertionError(stage.kind)
 
 
@@ -116,7 +117,22 @@ def point_stages(plan: SweepPlan, point: Point) -> list[Stage]:
             stages += _finetune_stages(plan, point, spec, tag, init, mark)
     for noise in plan.cfg.noise:
         stages += _noise_stages(point, noise, point_dir)
+    for probe in plan.cfg.probe:
+        stages.append(_probe_stage(point, probe, point_dir))
     return stages
+
+
+def _probe_stage(point: Point, spec, point_dir: Path) -> Stage:
+    """``speechbs probe`` of the point's final pretraining checkpoint; the points share nothing but the
+    recipe, and each point's features are cached beside its probes (``probe/cache``)."""
+    out = point_dir / "probe" / spec.name
+    argv = ["probe", str(point_dir / "pretrain"), "--task", spec.name, "--label", spec.label,
+            "--train", spec.train_manifest, "--test", spec.test_manifest, "--level", spec.level,
+            "--head", spec.head, "--epochs", str(spec.epochs), "--out", str(out),
+            "--cache", str(point_dir / "probe" / "cache")]
+    if spec.valid_manifest:
+        argv += ["--valid", spec.valid_manifest]
+    return Stage("probe", point.name, f"probe/{spec.name}", argv, out, needs="pretrain", info={"task": spec.name})
 
 
 def _noise_stages(point: Point, spec, point_dir: Path) -> list[Stage]:

@@ -30,7 +30,7 @@ class StubRunner(SubprocessRunner):
     """Every stage kind runs the stub script; ``unavailable`` kinds report themselves missing."""
 
     def __init__(self, unavailable: tuple[str, ...] = (), real: tuple[str, ...] = ()) -> None:
-        prefixes = {k: [sys.executable, str(STUB)] for k in ("pretrain", "finetune", "decode", "score", "noise")
+        prefixes = {k: [sys.executable, str(STUB)] for k in ("pretrain", "finetune", "decode", "score", "noise", "probe")
                     if k not in real}
         super().__init__(prefixes=prefixes)
         self.unavailable = unavailable

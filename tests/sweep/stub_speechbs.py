@@ -1,4 +1,4 @@
-"""A stand-in for ``speechbs pretrain|finetune|decode|score|noise`` that writes the contract's outputs fast.
+"""A stand-in for ``speechbs pretrain|finetune|decode|score|noise|probe`` that writes the contract's outputs fast.
 
 Usage: python stub_speechbs.py COMMAND ARGS... (the same arguments as the real commands).
 Every call is appended to $STUB_CALLS (one line: command and output directory), so tests can
@@ -88,6 +88,12 @@ def main(argv: list[str]) -> int:
                        0.02 / b ** 0.5], "b_simple_s": 40.0, "b_simple_s_ci": [20.0, None], "grad_rms": 0.02,
                        "grad_rms_ci": [0.01, 0.03]} for b in batches]}
         (out / "noise.json").write_text(json.dumps(record))
+    elif command == "probe":
+        out = Path(rest[rest.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        batch = float(re.search(r"bs([0-9.]+)s", rest[0]).group(1))
+        (out / "probe.json").write_text(json.dumps({"task": rest[rest.index("--task") + 1],
+                                                    "accuracy": 0.5 + batch / 1000, "chance_accuracy": 0.25}))
     else:
         return 2
     with open(os.environ["STUB_CALLS"], "a") as calls:

@@ -123,3 +123,44 @@ def test_cli_dry_run_writes_nothing(tmp_path, calls, capsys):
     assert not (tmp_path / "runs").exists()
     assert cli_main(["sweep", str(recipe), "--point", "bs1s"]) == 2
     assert "not in this sweep" in capsys.readouterr().err
+
+
+PROBE = ('[[probe]]\nname = "speaker"\nlabel = "spk"\ntrain_manifest = "train.tsv"\n'
+         'test_manifest = "test.tsv"\nvalid_manifest = "dev.tsv"\n')
+
+
+def test_a_probe_stage_runs_per_point_and_resumes(tmp_path, calls, monkeypatch):
+    plan = plan_sweep(write_sweep(tmp_path, extra=PROBE))
+    monkeypatch.setenv("STUB_FAIL", "probe")
+    first = run_sweep(plan, StubRunner(), say=lambda m: None)
+    assert first.counts() == {"ran": 8, "failed": 2}
+    monkeypatch.delenv("STUB_FAIL")
+    calls.write_text("")
+    second = run_sweep(plan, StubRunner(), say=lambda m: None)
+    assert second.counts() == {"done": 8, "ran": 2}
+    assert sorted(_calls(calls)) == ["probe bs15s/probe/speaker", "probe bs60s/probe/speaker"]
+    stage = next(s for s in json.loads((plan.root / "sweep.json").read_text())["points"][0]["stages"]
+                 if s["kind"] == "probe")
+    argv = stage["argv"]
+    assert argv[:2] == ["probe", str(plan.root / "points" / "bs15s" / "pretrain")]
+    assert argv[argv.index("--valid") + 1] == "dev.tsv" and argv[argv.index("--label") + 1] == "spk"
+    assert json.loads((plan.root / "points" / "bs60s" / "probe" / "speaker" / "probe.json").read_text())["accuracy"] > 0.5
+    calls.write_text("")
+    assert run_sweep(plan, StubRunner(), say=lambda m: None).counts() == {"done": 10} and calls.read_text() == ""
+
+
+def test_the_report_gains_a_column_and_a_plot_per_probe(tmp_path, calls):
+    from speechbs.report.collect import collect
+    from speechbs.report.plots import write_plots
+    from speechbs.report.table import markdown, table_rows
+
+    plan = plan_sweep(write_sweep(tmp_path, extra=PROBE))
+    run_sweep(plan, StubRunner(), say=lambda m: None)
+    collected = collect([plan.root])
+    columns, values = table_rows(collected)
+    assert columns[-1] == "probe speaker acc %"
+    assert [line[-1][0] for line in values] == pytest.approx([51.5, 56.0])  # the stub's 0.5 + batch / 1000
+    assert "probe speaker acc %" in markdown(collected)
+    pytest.importorskip("matplotlib")
+    names = {p.name for p in write_plots(collected, tmp_path / "report")}
+    assert "probe_vs_batch.png" in names
