@@ -90,12 +90,12 @@ def main(args: argparse.Namespace) -> int:
 
 def read_labels(manifest_path: str, ext: str, label_dir: str = "") -> list[str]:
     """One label line per manifest row, from the label file beside the manifest (or in ``label_dir``)."""
+    rows = len(read_manifest(manifest_path))  # a missing manifest is named as such, before its labels
     path = label_path(manifest_path, ext, label_dir)
     if not path.is_file():
         raise DataError(f"label file {path} does not exist: a probe needs one label per line of {manifest_path} "
                         f"(`speechbs manifest` writes label files; --label names the extension)")
     lines = [line.strip() for line in read_lines(path, "label file")]
-    rows = len(read_manifest(manifest_path))
     if len(lines) != rows:
         raise DataError(f"{path} has {len(lines)} lines but {manifest_path} has {rows} utterances; "
                         f"one label line per manifest row, in manifest order")

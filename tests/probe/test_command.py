@@ -116,3 +116,17 @@ def test_random_init_features_are_the_runs_starting_weights_and_cached_apart(cor
                            num_workers=0, random_init=True)
     assert all(torch.equal(a, b) for a, b in zip(start.per_row, again.per_row))  # deterministic
     assert reference.post_extract_proj.weight.shape[0] == start.dim
+
+
+def test_cli_mistakes_are_one_line_naming_the_file(corpus: Path, capsys) -> None:
+    from speechbs.cli import main as cli
+
+    base = ["probe", str(FIXTURES / "wav2vec2.pt"), "--task", "t", "--label", "pitch", "--test",
+            str(corpus / "test.tsv"), "--out", str(corpus / "o")]
+    assert cli([*base, "--train", str(corpus / "missing.tsv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.tsv does not exist" in err and len(err.splitlines()) == 1
+    assert cli([*base[:2], *base[2:4], "--label", "nope", *base[6:], "--train", str(corpus / "train.tsv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.nope does not exist" in err and len(err.splitlines()) == 1
+    assert not (corpus / "o").exists()  # nothing written
