@@ -93,6 +93,11 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, Any]:
     raises the ``RuntimeError`` of ``load_state_dict``.
     """
     saved = read_checkpoint(path)
+    return encoder_of(saved), saved.config
+
+
+def encoder_of(saved: SavedModel) -> nn.Module:
+    """The pretraining model held by an already-read checkpoint (CPU, eval mode; strict load)."""
     model = build_model(saved.config.model)
     model.load_state_dict(saved.checkpoint["model"])
-    return model.eval(), saved.config
+    return model.eval()

@@ -141,11 +141,21 @@ def load_ctc_checkpoint(path) -> tuple[CTCModel, object, dict]:
     from speechbs.pretrained import read_checkpoint
 
     saved = read_checkpoint(path)
-    state = saved.checkpoint["model"]
-    if "vocab_utf8" not in state:
+    if not is_ctc_state(saved.checkpoint["model"]):
         raise DataError(f"{saved.path} is not a fine-tuned CTC checkpoint (no vocabulary in its weights); "
                         f"fine-tune it first with `speechbs finetune RECIPE --set finetune.init={path}`")
+    saved.checkpoint["path"] = str(saved.path)
+    return ctc_model_of(saved), saved.config, saved.checkpoint
+
+
+def is_ctc_state(state: dict) -> bool:
+    """Whether a checkpoint's model state is a fine-tuned CTC model (its alphabet travels in the weights)."""
+    return "vocab_utf8" in state
+
+
+def ctc_model_of(saved) -> CTCModel:
+    """The CTC model held by an already-read fine-tuning checkpoint (CPU, eval mode; strict load)."""
+    state = saved.checkpoint["model"]
     model = build_ctc_model(saved.config, Vocab.from_tensor(state["vocab_utf8"]))
     model.load_state_dict(state)
-    saved.checkpoint["path"] = str(saved.path)
-    return model.eval(), saved.config, saved.checkpoint
+    return model.eval()

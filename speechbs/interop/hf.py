@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechbs.asr.ctc import is_ctc_state
 from speechbs.asr.vocab import BLANK, SPECIALS, UNK, Vocab
 from speechbs.data.manifest import WORD_BOUNDARY
 from speechbs.errors import ConfigError, DataError
@@ -76,7 +77,7 @@ def export_hf(path: str | Path, out: str | Path, *, force: bool = False) -> Expo
     transformers = _transformers()
     family, arch = saved.config.model.name, saved.config.model.arch
     state = saved.checkpoint["model"]
-    ctc = "vocab_utf8" in state
+    ctc = is_ctc_state(state)
     config_cls, pretrain_cls, ctc_cls = HF_CLASSES[family]
     kwargs = hf_config_kwargs(family, arch)
     notes = [f"not in the HF config (training settings; kept in {saved.path.name}): "

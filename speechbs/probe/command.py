@@ -23,7 +23,7 @@ import torch
 from speechbs.atomic import write_text
 from speechbs.data.manifest import label_path, read_manifest
 from speechbs.errors import ConfigError, DataError
-from speechbs.probe.features import LayerFeatures, Level, layer_features
+from speechbs.probe.features import FeatureCache, LayerFeatures, Level
 from speechbs.probe.fit import FitConfig, Split, fit_probe
 from speechbs.textio import read_lines
 
@@ -61,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     level: Level = args.level
     manifests = {"train": args.train, "test": args.test, **({"valid": args.valid} if args.valid else {})}
     labels = {name: read_labels(path, args.label, args.label_dir) for name, path in manifests.items()}
-    features = {name: layer_features(args.checkpoint, path, level, cache, num_workers=args.workers,
-                                     random_init=args.random_init) for name, path in manifests.items()}
+    encoder = FeatureCache(args.checkpoint, level, cache, num_workers=args.workers, random_init=args.random_init)
+    features = {name: encoder.features(path) for name, path in manifests.items()}
     classes = sorted(set(_flat(labels["train"], level)))
     splits = {name: to_split(features[name], labels[name], classes, level,
                              label_path(manifests[name], args.label, args.label_dir)) for name in manifests}

@@ -108,34 +108,34 @@ def layer_extractor(checkpoint: str | Path, layer: int, device: str | torch.devi
 
 
 def all_layers_extractor(checkpoint: str | Path, device: str | torch.device = "cpu", *,
-                         random_init: bool = False) -> FeatureExtractor:
+                         random_init: bool = False, checkpoint_sha1: str = "") -> FeatureExtractor:
     """Every layer of a checkpoint's encoder per frame, concatenated: layer 0 is the projected conv
     features (the transformer's input), layers 1..L the transformer's outputs (SUPERB's hidden states).
 
     A pretraining checkpoint of any family, or a fine-tuned CTC checkpoint (its encoder).
     ``random_init``: the same architecture with the weights its pretraining run started from
-    (the run seed's initialization), the baseline that says what pretraining added.
+    (the run seed's initialization), the baseline that says what pretraining added. The file is
+    read once; ``checkpoint_sha1``, when the caller has hashed it already, saves a second read.
     """
     from speechbs import seeds
-    from speechbs.asr.ctc import load_ctc_checkpoint
-    from speechbs.pretrained import build_model, load_encoder, read_checkpoint, resolve_checkpoint
+    from speechbs.asr.ctc import ctc_model_of, is_ctc_state
+    from speechbs.pretrained import build_model, encoder_of, read_checkpoint
 
     saved = read_checkpoint(checkpoint)
+    cfg = saved.config
     if random_init:
-        cfg = saved.config
         torch.manual_seed(seeds.init_seed(cfg.run.seed))  # as tasks/ssl.py seeds before building the model
         model = build_model(cfg.model).eval()
-    elif "vocab_utf8" in saved.checkpoint["model"]:
-        ctc, cfg, _ = load_ctc_checkpoint(checkpoint)
-        model = ctc.encoder
+    elif is_ctc_state(saved.checkpoint["model"]):
+        model = ctc_model_of(saved).encoder
     else:
-        model, cfg = load_encoder(checkpoint)
+        model = encoder_of(saved)
     arch = cfg.model.arch
     rate = cfg.audio.sample_rate_hz
     num_layers = int(arch.num_layers) + 1
     spec = FeatureSpec(kind="layers", sample_rate_hz=rate, frame_rate_hz=frame_rate_hz(arch.conv_layers, rate),
                        dim=int(arch.embed_dim) * num_layers, normalize=bool(cfg.audio.normalize),
-                       checkpoint=str(checkpoint), checkpoint_sha1=file_sha1(resolve_checkpoint(checkpoint)),
+                       checkpoint=str(checkpoint), checkpoint_sha1=checkpoint_sha1 or file_sha1(saved.path),
                        layer=0, description=f"{cfg.model.name} layers 0..{num_layers - 1} of {checkpoint}"
                                             + (" (random initialization)" if random_init else ""))
     return FeatureExtractor(spec, device, model)

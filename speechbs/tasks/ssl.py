@@ -193,6 +193,7 @@ def load_initial_weights(model: nn.Module, cfg: Config) -> str:
     it has: all of wav2vec 2.0 from ``Wav2Vec2ForPreTraining``, the encoder only from HuBERT and
     WavLM (transformers has no heads for them), whose heads keep their seeded values.
     """
+    from speechbs.asr.ctc import is_ctc_state
     from speechbs.asr.hf_import import is_hf_dir, load_hf_encoder
     from speechbs.pretrained import read_checkpoint
 
@@ -205,7 +206,7 @@ def load_initial_weights(model: nn.Module, cfg: Config) -> str:
     else:
         saved = read_checkpoint(init)
         name, arch, state = saved.config.model.name, saved.config.model.arch, saved.checkpoint["model"]
-        if "vocab_utf8" in state:
+        if is_ctc_state(state):
             raise ConfigError(f"train.init = {init!r} is a fine-tuned CTC checkpoint ({saved.path}); continue "
                               f"pretraining from the pretraining run it was fine-tuned from", key="train.init")
     differ = [f"model.{key} = {getattr(arch, key)!r}" for key in STRUCTURE

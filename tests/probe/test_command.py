@@ -130,3 +130,17 @@ def test_cli_mistakes_are_one_line_naming_the_file(corpus: Path, capsys) -> None
     err = capsys.readouterr().err.strip()
     assert "train.nope does not exist" in err and len(err.splitlines()) == 1
     assert not (corpus / "o").exists()  # nothing written
+
+
+def test_one_probe_loads_its_checkpoint_once_and_not_at_all_when_cached(corpus: Path, monkeypatch) -> None:
+    from speechbs.probe import features as probe_features
+    from speechbs.targets import features as target_features
+
+    loads = []
+    real = target_features.all_layers_extractor
+    monkeypatch.setattr(target_features, "all_layers_extractor", lambda *a, **k: loads.append(1) or real(*a, **k))
+    manifests = [corpus / f"{name}.tsv" for name in ("train", "valid", "test")]
+    cache = probe_features.FeatureCache(FIXTURES / "wav2vec2.pt", "utterance", corpus / "cache", num_workers=0)
+    assert [cache.features(m).from_cache for m in manifests] == [False, False, False] and len(loads) == 1
+    again = probe_features.FeatureCache(FIXTURES / "wav2vec2.pt", "utterance", corpus / "cache", num_workers=0)
+    assert [again.features(m).from_cache for m in manifests] == [True, True, True] and len(loads) == 1
