@@ -71,7 +71,7 @@ def planner_row(lengths: np.ndarray, seconds: float, cap: float, num_steps: int)
     cfg = BatchConfig(seconds=seconds, max_device_seconds=cap)
     start = time.perf_counter()
     planner = BatchPlanner(lengths, cfg, sample_rate_hz=RATE, seed=1)
-    real = planner.real_samples_per_step(0)
+    real = planner.real_samples_per_unit(0)
     plan_s = time.perf_counter() - start
     real_total = padded_total = 0
     micro = []

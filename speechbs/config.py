@@ -14,7 +14,7 @@ module is only the schema. Every field has a docstring under it with its unit;
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, NamedTuple
 
 from speechbs.errors import require
@@ -122,6 +122,63 @@ class AudioConfig:
 
 
 @dataclass(kw_only=True)
+class RampConfig:
+    """``batch.schedule = "ramp"``: the batch grows (or shrinks) from ``start_seconds`` to ``batch.seconds``."""
+
+    start_seconds: float = 0.0
+    """The batch at step 0, s of audio per optimizer step; required (> 0) by a ramp."""
+
+    steps: int = 0
+    """Length of the ramp in optimizer steps; give this or ``hours``; after it every step is ``batch.seconds``."""
+
+    hours: float = 0.0
+    """Length of the ramp in hours of real audio seen, h; give this or ``steps``."""
+
+    shape: Literal["linear", "stepwise"] = "linear"
+    """``linear``: the batch moves in a straight line with progress, rounded to the planning unit;
+    ``stepwise``: ``num_stages`` equal stages whose batches are evenly spaced on a log scale
+    (start x ratio ** (i / (num_stages - 1)); doublings when the ratio is 2 ** (num_stages - 1))."""
+
+    num_stages: int = 4
+    """Stages of a ``stepwise`` ramp, the last of which is ``batch.seconds``, count (>= 2)."""
+
+    def __post_init__(self) -> None:
+        require(self.start_seconds >= 0, "batch.ramp.start_seconds", "must be >= 0")
+        require(self.steps >= 0, "batch.ramp.steps", "must be >= 0")
+        require(self.hours >= 0, "batch.ramp.hours", "must be >= 0")
+        require(self.num_stages >= 2, "batch.ramp.num_stages", "must be >= 2")
+
+
+@dataclass(kw_only=True)
+class AdaptiveConfig:
+    """``batch.schedule = "adaptive"``: every ``every_steps`` steps the batch is set from the measured noise scale.
+
+    The new batch is clamp(``factor`` x B_simple, ``min_seconds``, ``max_seconds``) rounded to the
+    planning unit, where B_simple is the windowed gradient-noise scale in seconds of audio
+    (``noise_b_simple_s``, train/grad_noise.py). McCandlish et al. (2018) put the critical batch near
+    B_simple: ``factor`` 1 trains near the knee of the steps/data trade-off.
+    """
+
+    every_steps: int = 50
+    """Optimizer steps between decisions (the first decision is after this many steps), count."""
+
+    factor: float = 1.0
+    """k in clamp(k x B_simple, min_seconds, max_seconds)."""
+
+    min_seconds: float = 0.0
+    """Smallest batch a decision may choose, s; 0 = ``batch.seconds`` (the batch never shrinks below the first)."""
+
+    max_seconds: float = 0.0
+    """Largest batch a decision may choose, s; required (> 0)."""
+
+    def __post_init__(self) -> None:
+        require(self.every_steps >= 1, "batch.adaptive.every_steps", "must be >= 1")
+        require(self.factor > 0, "batch.adaptive.factor", "must be > 0")
+        require(self.min_seconds >= 0, "batch.adaptive.min_seconds", "must be >= 0")
+        require(self.max_seconds >= 0, "batch.adaptive.max_seconds", "must be >= 0")
+
+
+@dataclass(kw_only=True)
 class BatchConfig:
     """The batch, in seconds of audio per optimizer step (DESIGN section 2).
 
@@ -151,6 +208,23 @@ class BatchConfig:
     num_buckets: int = 32
     """Length buckets (equal-count quantiles) the planner draws each global batch from; more buckets, less padding, less randomness in which utterances meet."""
 
+    schedule: Literal["constant", "ramp", "adaptive"] = "constant"
+    """How the batch moves during training (docs/batching.md, "Batch-size schedules"): ``constant``:
+    every step is ``seconds``; ``ramp``: from ``ramp.start_seconds`` to ``seconds`` (``[batch.ramp]``);
+    ``adaptive``: from ``seconds``, reset every ``adaptive.every_steps`` from the measured noise scale
+    (``[batch.adaptive]``, needs ``train.grad_noise_every``)."""
+
+    unit_seconds: float = 0.0
+    """The planning unit, s: each epoch is cut into units of about this much audio and every step takes a
+    whole number of them, so every batch is a multiple of it. 0 = the schedule's smallest batch
+    (``seconds`` when constant, where each step is one unit)."""
+
+    ramp: RampConfig = field(default_factory=RampConfig)
+    """The ramp of ``schedule = "ramp"``."""
+
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    """The decisions of ``schedule = "adaptive"``."""
+
     ALIASES: ClassVar[dict[str, Alias]] = {"minutes": minutes_for("seconds"),
                                            "max_device_minutes": minutes_for("max_device_seconds")}
 
@@ -160,6 +234,44 @@ class BatchConfig:
         require(self.crop_max_seconds > 0, "batch.crop_max_seconds", "must be > 0")
         require(self.num_buckets >= 1, "batch.num_buckets", "must be >= 1")
         require(self.cost_length_seconds > 0, "batch.cost_length_seconds", "must be > 0")
+        require(self.unit_seconds >= 0, "batch.unit_seconds", "must be >= 0 (0: the schedule's smallest batch)")
+        if self.schedule == "ramp":
+            require(self.ramp.start_seconds > 0, "batch.ramp.start_seconds",
+                    "must be > 0 with batch.schedule = \"ramp\" (the batch at step 0, s)")
+            require((self.ramp.steps > 0) != (self.ramp.hours > 0), "batch.ramp",
+                    "needs exactly one of steps (optimizer steps) and hours (of audio seen) > 0")
+        if self.schedule == "adaptive":
+            require(self.adaptive.max_seconds > 0, "batch.adaptive.max_seconds",
+                    "must be > 0 with batch.schedule = \"adaptive\" (the largest batch a decision may choose, s)")
+            require(self.adaptive.max_seconds >= self.adaptive_min_seconds, "batch.adaptive.max_seconds",
+                    f"must be >= batch.adaptive.min_seconds ({self.adaptive_min_seconds:g} s)")
+        require(self.seconds_range[0] >= self.planning_unit_seconds * (1 - 1e-9), "batch.unit_seconds",
+                f"= {self.unit_seconds:g} is larger than the schedule's smallest batch "
+                f"({self.seconds_range[0]:g} s): lower it, or set 0 for the smallest batch")
+
+    def constant(self, seconds: float) -> BatchConfig:
+        """This config at a constant batch of ``seconds`` (evaluation, ``speechbs noise``): no schedule."""
+        return replace(self, seconds=seconds, schedule="constant", unit_seconds=0.0)
+
+    @property
+    def adaptive_min_seconds(self) -> float:
+        """``adaptive.min_seconds``, or ``seconds`` when it is 0."""
+        return self.adaptive.min_seconds or self.seconds
+
+    @property
+    def seconds_range(self) -> tuple[float, float]:
+        """The smallest and largest batch the schedule can set, s."""
+        if self.schedule == "ramp":
+            return min(self.ramp.start_seconds, self.seconds), max(self.ramp.start_seconds, self.seconds)
+        if self.schedule == "adaptive":
+            low = self.adaptive_min_seconds
+            return min(low, self.seconds), max(self.adaptive.max_seconds, self.seconds)
+        return self.seconds, self.seconds
+
+    @property
+    def planning_unit_seconds(self) -> float:
+        """The planning unit: ``unit_seconds``, or the schedule's smallest batch when it is 0, s."""
+        return self.unit_seconds or self.seconds_range[0]
 
 
 @dataclass(kw_only=True)
@@ -318,7 +430,7 @@ class TrainConfig:
     """Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."""
 
     grad_noise_every: int = 0
-    """Steps between gradient-noise measurements (0 disables); a measuring step runs >= 2 micro-batches per rank."""
+    """Steps between gradient-noise measurements (0 disables); a measuring step runs >= 2 micro-batches in all."""
 
     grad_noise_window: int = 10
     """Measurements averaged in each logged ``noise_*`` value (a window of ``grad_noise_window * grad_noise_every`` steps)."""
@@ -452,4 +564,11 @@ class Config:
 
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """CTC fine-tuning (``speechbs finetune``); unused by pretraining."""
+
+    def __post_init__(self) -> None:
+        if self.batch.schedule == "adaptive":
+            every, decide = self.train.grad_noise_every, self.batch.adaptive.every_steps
+            require(0 < every <= decide, "train.grad_noise_every",
+                    f"must be in 1..batch.adaptive.every_steps ({decide}) with batch.schedule = \"adaptive\": "
+                    f"its decisions read the measured noise scale (got {every})")
 

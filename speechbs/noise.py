@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         entries, measured = [], []
         for batch_s in batches:
             try:
-                planner = build_planner(manifest, replace(cfg.batch, seconds=batch_s), cfg.audio, seed=args.seed)
+                planner = build_planner(manifest, cfg.batch.constant(batch_s), cfg.audio, seed=args.seed)
             except PlanError as exc:
                 raise PlanError(f"--batch-seconds {batch_s:g} on {args.manifest}: {exc} (batch.* settings "
                                 f"take --set)") from None

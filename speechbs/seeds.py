@@ -85,9 +85,9 @@ def epoch_plan_key(run_seed: int, epoch: int) -> list[int]:
     return [run_seed, epoch]
 
 
-def partner_key(run_seed: int, epoch: int, step_in_epoch: int) -> list[int]:
+def partner_key(run_seed: int, epoch: int, unit_in_epoch: int) -> list[int]:
     """The entropy of the generator that draws a global batch's mixing partners (WavLM, data/partners.py)."""
-    return [run_seed, epoch, step_in_epoch, PARTNER_STREAM]
+    return [run_seed, epoch, unit_in_epoch, PARTNER_STREAM]
 
 
 def noise_repeat_seed(seed: int, batch_s: float, repeat: int) -> int:

@@ -1,12 +1,18 @@
 """The global batch planner: a batch is seconds of real audio per optimizer step (DESIGN section 2).
 
-Legend: N = utterances in the manifest, K = global batches (steps) in an epoch,
+Legend: N = utterances in the manifest, K = planning units in an epoch (one per step when the batch
+is constant),
 S = segments in one global batch, W = world size (devices), M = micro-batches per device,
 L = padded lengths a micro-batch may take (``num_pad_lengths``).
 
-Two stages, kept apart on purpose. :meth:`BatchPlanner.plan_epoch` chooses the
-GLOBAL set of utterances for every step from (lengths, seed, epoch, config)
-alone, so the experiment is the same on 1 or 64 devices. :meth:`BatchPlanner.split`
+Two stages, kept apart on purpose. :meth:`BatchPlanner.next_batch` chooses the
+GLOBAL set of utterances for every step from (lengths, seed, epoch, config, the
+schedule's decisions) alone, so the experiment is the same on 1 or 64 devices:
+each epoch is cut into K planning units of about ``batch.planning_unit_seconds``
+of audio, shuffled, and a step takes as many consecutive units as its batch
+schedule (data/batch_schedule.py) asks for; the last step of an epoch takes
+what is left of it, so every utterance is used once per epoch. With a constant
+batch a unit is the batch and every step is one unit. :meth:`BatchPlanner.split`
 then cuts one global batch into per-device micro-batches that fit the memory
 cap, with the same number of micro-batches on every device (DDP needs every rank
 to run the same number of backward passes). docs/batching.md is the user contract.
@@ -23,6 +29,7 @@ import numpy as np
 
 from speechbs import seeds
 from speechbs.config import BatchConfig
+from speechbs.data.batch_schedule import BatchSchedule
 from speechbs.errors import PlanError
 
 
@@ -64,7 +71,13 @@ class GlobalBatch:
     """Everything one optimizer step sees, over all devices and accumulation."""
 
     epoch: int
-    step_in_epoch: int
+    unit_in_epoch: int
+    """The epoch's planning unit the batch starts at (the step in the epoch when the batch is constant)."""
+    num_units: int
+    """Planning units in the batch (fewer than the schedule asked for only at the end of an epoch)."""
+    target_s: float
+    """The batch the schedule set for this step, s: what the LR rule follows (``real_samples`` is within
+    a longest utterance per unit of ``num_units`` units)."""
     segments: tuple[Segment, ...]
     real_samples: int
     """Audio used, at the model rate."""
@@ -115,9 +128,9 @@ class _EpochPlan:
     offsets_N: np.ndarray
     used_N: np.ndarray
     bounds_K1: np.ndarray
-    """Batch k is stream[bounds[k]:bounds[k + 1]]."""
-    batch_of_step_K: np.ndarray
-    """Which batch is taken at each step: batches are shuffled."""
+    """Unit k is stream[bounds[k]:bounds[k + 1]]."""
+    unit_order_K: np.ndarray
+    """Which unit comes at each position of the epoch: units are shuffled."""
 
 
 def row_cost_s(num_samples: np.ndarray | float, sample_rate_hz: int, cfg: BatchConfig) -> np.ndarray | float:
@@ -139,6 +152,8 @@ class BatchPlanner:
         self.cfg = cfg
         self.sample_rate_hz = sample_rate_hz
         self.seed = seed
+        self.schedule = BatchSchedule(cfg)
+        self.unit_s = self.schedule.unit_s
         crop = cfg.crop != "none"
         self._crop_samples = round(cfg.crop_max_seconds * sample_rate_hz) if crop else None
         self._validate()
@@ -150,16 +165,37 @@ class BatchPlanner:
         self.bucket_N = rank_N * cfg.num_buckets // len(self.capped_N)
         self.pad_lengths_L = _pad_lengths(self.capped_N, num_pad_lengths)
         total = int(self.capped_N.sum())
-        self.steps_per_epoch = max(1, round(total / (cfg.seconds * sample_rate_hz)))
-        step_s = total / self.steps_per_epoch / sample_rate_hz
-        if abs(step_s - cfg.seconds) > 0.01 * cfg.seconds:
-            warnings.warn(f"batch.seconds = {cfg.seconds}: the training set ({total / sample_rate_hz:.1f} s) "
-                          f"gives {self.steps_per_epoch} steps per epoch of {step_s:.1f} s each (every "
-                          f"utterance once per epoch); use a larger manifest or a batch.seconds that "
+        self.units_per_epoch = max(1, round(total / (self.unit_s * sample_rate_hz)))
+        unit_s = total / self.units_per_epoch / sample_rate_hz
+        if abs(unit_s - self.unit_s) > 0.01 * self.unit_s:
+            what = "steps" if cfg.schedule == "constant" and not cfg.unit_seconds else "planning units"
+            warnings.warn(f"{self._unit_key()} = {self.unit_s:g}: the training set ({total / sample_rate_hz:.1f} s) "
+                          f"gives {self.units_per_epoch} {what} per epoch of {unit_s:.1f} s each (every "
+                          f"utterance once per epoch); use a larger manifest or a {self._unit_key()} that "
                           f"divides it more evenly", stacklevel=2)
+        # The position: the next step, where it starts in its epoch, and the audio planned before it.
         self.epoch = 0
-        self.step_in_epoch = 0
+        self.unit_in_epoch = 0
+        self.step = 0
+        self.real_samples_planned = 0
         self._cache: tuple[int, _EpochPlan] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps in an epoch at the schedule's first batch (all of them when the batch is constant)."""
+        return math.ceil(self.units_per_epoch / self.schedule.num_units(0, 0.0))
+
+    @property
+    def hours_planned(self) -> float:
+        """Real audio of the steps handed out so far, h (what a ramp in hours reads)."""
+        return self.real_samples_planned / self.sample_rate_hz / 3600
+
+    def _unit_key(self) -> str:
+        """The setting that fixes the planning unit, for messages."""
+        if self.cfg.unit_seconds:
+            return "batch.unit_seconds"
+        return {"constant": "batch.seconds", "ramp": "batch.ramp.start_seconds"}.get(
+            self.cfg.schedule, "batch.adaptive.min_seconds")
 
     # ----------------------------------------------------------------- checks
     def _unit_cost_s(self, num_samples: np.ndarray | float) -> np.ndarray | float:
@@ -188,17 +224,21 @@ class BatchPlanner:
                 f"batch.max_device_seconds = {cfg.max_device_seconds} (cost {need_s:.2f} s): raise "
                 f"batch.max_device_seconds to >= {_ceil1(need_s)} or lower batch.crop_max_seconds "
                 f"to <= {_floor1(self._fit_s())}")
-        if used_longest > cfg.seconds * rate:
+        unit_key, unit_s = self._unit_key(), self.unit_s
+        if used_longest > unit_s * rate:
             raise PlanError(
-                f"batch.seconds = {cfg.seconds} is shorter than the longest utterance "
-                f"({used_longest / rate:.2f} s, manifest row {int(np.argmax(n))}): raise batch.seconds "
-                f"(or batch.minutes) to >= {_ceil1(used_longest / rate)}, or set batch.crop = \"max\" "
+                f"{unit_key} = {unit_s} is shorter than the longest utterance "
+                f"({used_longest / rate:.2f} s, manifest row {int(np.argmax(n))}): raise {unit_key} "
+                f"{'(or batch.minutes) ' if unit_key == 'batch.seconds' else ''}"
+                f"to >= {_ceil1(used_longest / rate)}, or set batch.crop = \"max\" "
                 f"with a smaller batch.crop_max_seconds")
         capped_total = n.sum() if self._crop_samples is None else np.minimum(n, self._crop_samples).sum()
-        if capped_total + 0.5 < cfg.seconds * rate:  # half a sample: float rounding of a whole-set batch
+        largest = cfg.seconds_range[1]
+        if capped_total + 0.5 < largest * rate:  # half a sample: float rounding of a whole-set batch
+            key = "batch.seconds" if largest == cfg.seconds else "the schedule's largest batch"
             raise PlanError(
-                f"batch.seconds = {cfg.seconds} is more than the whole training set "
-                f"({capped_total / rate:.1f} s of usable audio): lower batch.seconds to <= "
+                f"{key} = {largest} is more than the whole training set "
+                f"({capped_total / rate:.1f} s of usable audio): lower it to <= "
                 f"{_floor1(capped_total / rate)} or use a larger manifest")
 
     def _fit_s(self) -> float:
@@ -228,22 +268,23 @@ class BatchPlanner:
         return plan
 
     def _cut(self, used_N: np.ndarray) -> np.ndarray:
-        """Cut the stream into K batches at the cumulative sum nearest k * (total / K).
+        """Cut the stream into K units at the cumulative sum nearest k * (total / K).
 
-        Cutting at multiples of the epoch's own per-step target spreads the
-        epoch's remainder over all K steps instead of leaving one short step
-        (every utterance is used once; no step is a fraction of a batch).
+        Cutting at multiples of the epoch's own per-unit target spreads the
+        epoch's remainder over all K units instead of leaving one short unit
+        (every utterance is used once; no unit is a fraction of a unit), and
+        each unit is within one longest utterance of the target.
         """
         cum_N = np.cumsum(used_N)
-        num_steps = self.steps_per_epoch
+        num_steps = self.units_per_epoch
         goals = np.arange(1, num_steps) * (cum_N[-1] / num_steps)
         j = np.searchsorted(cum_N, goals)
         before = np.where(j > 0, cum_N[np.maximum(j - 1, 0)], 0)
         ends = np.where(cum_N[j] - goals <= goals - before, j + 1, j)
         bounds = np.concatenate([[0], ends, [len(used_N)]]).astype(np.int64)
         if np.any(np.diff(bounds) <= 0):
-            raise PlanError(f"batch.seconds = {self.cfg.seconds} is too close to the longest utterance "
-                            f"to give every step at least one utterance: raise batch.seconds")
+            raise PlanError(f"{self._unit_key()} = {self.unit_s:g} is too close to the longest utterance "
+                            f"to give every planning unit at least one utterance: raise {self._unit_key()}")
         return bounds
 
     def _crop_to_shortest(self, used_N: np.ndarray, bounds_K1: np.ndarray) -> np.ndarray:
@@ -261,33 +302,42 @@ class BatchPlanner:
                 out_N[start + local[a:b]] = lengths[b - 1]
         return out_N
 
-    def batch_at(self, epoch: int, step_in_epoch: int) -> GlobalBatch:
-        """The global batch of one step; pure (does not move the position)."""
-        assert 0 <= step_in_epoch < self.steps_per_epoch
+    def batch_at(self, epoch: int, unit_in_epoch: int, num_units: int = 1,
+                 target_s: float | None = None) -> GlobalBatch:
+        """The global batch of ``num_units`` units from ``unit_in_epoch`` on; pure (does not move the position).
+        With a constant batch, ``batch_at(epoch, k)`` is step k of the epoch."""
+        assert 0 <= unit_in_epoch and 1 <= num_units and unit_in_epoch + num_units <= self.units_per_epoch
         plan = self._epoch_plan(epoch)
-        k = int(plan.batch_of_step_K[step_in_epoch])
-        a, b = int(plan.bounds_K1[k]), int(plan.bounds_K1[k + 1])
-        rows, used = plan.order_N[a:b], plan.used_N[a:b]
+        pieces = [(int(plan.bounds_K1[k]), int(plan.bounds_K1[k + 1]))
+                  for k in plan.unit_order_K[unit_in_epoch:unit_in_epoch + num_units].tolist()]
+        positions = np.concatenate([np.arange(a, b) for a, b in pieces])
+        rows, used = plan.order_N[positions], plan.used_N[positions]
         segments = tuple(Segment(i, o, u) for i, o, u in
-                         zip(rows.tolist(), plan.offsets_N[a:b].tolist(), used.tolist()))
+                         zip(rows.tolist(), plan.offsets_N[positions].tolist(), used.tolist()))
         real = int(used.sum())
-        return GlobalBatch(epoch, step_in_epoch, segments, real, int(self.num_samples_N[rows].sum()) - real)
+        return GlobalBatch(epoch, unit_in_epoch, num_units, num_units * self.unit_s if target_s is None else target_s,
+                           segments, real, int(self.num_samples_N[rows].sum()) - real)
 
     def plan_epoch(self, epoch: int) -> list[GlobalBatch]:
-        """All global batches of one epoch, in step order; deterministic in (seed, epoch, lengths, cfg)."""
-        return [self.batch_at(epoch, step) for step in range(self.steps_per_epoch)]
+        """Every unit of one epoch as a batch, in order (each step's batch when the batch is constant and
+        one unit); deterministic in (seed, epoch, lengths, cfg)."""
+        return [self.batch_at(epoch, unit) for unit in range(self.units_per_epoch)]
 
-    def real_samples_per_step(self, epoch: int) -> np.ndarray:
-        """Real samples of every step of an epoch, without building the batches (for reports)."""
+    def real_samples_per_unit(self, epoch: int) -> np.ndarray:
+        """Real samples of every unit of an epoch in order, without building the batches (for reports)."""
         plan = self._epoch_plan(epoch)
-        return np.add.reduceat(plan.used_N, plan.bounds_K1[:-1])[plan.batch_of_step_K]
+        return np.add.reduceat(plan.used_N, plan.bounds_K1[:-1])[plan.unit_order_K]
 
     def next_batch(self) -> GlobalBatch:
-        """The batch at the current position; then advance (rolling over to the next epoch)."""
-        batch = self.batch_at(self.epoch, self.step_in_epoch)
-        self.step_in_epoch += 1
-        if self.step_in_epoch == self.steps_per_epoch:
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        """The batch of the next step, as the schedule sets it; then advance (rolling over to the next epoch)."""
+        wanted = self.schedule.num_units(self.step, self.hours_planned)
+        num_units = min(wanted, self.units_per_epoch - self.unit_in_epoch)
+        batch = self.batch_at(self.epoch, self.unit_in_epoch, num_units, target_s=wanted * self.unit_s)
+        self.unit_in_epoch += num_units
+        if self.unit_in_epoch == self.units_per_epoch:
+            self.epoch, self.unit_in_epoch = self.epoch + 1, 0
+        self.step += 1
+        self.real_samples_planned += batch.real_samples
         return batch
 
     # ------------------------------------------------------------------ split
@@ -299,12 +349,13 @@ class BatchPlanner:
             return num_samples
         return self.pad_lengths_L[np.searchsorted(self.pad_lengths_L, num_samples)]
 
-    def split(self, batch: GlobalBatch, world_size: int, min_per_device: int = 1) -> list[list[MicroBatch]]:
-        """Per-device micro-batches ``[rank][micro]``; depends only on (batch, world_size, cfg, min_per_device).
+    def split(self, batch: GlobalBatch, world_size: int, min_micro_batches: int = 1) -> list[list[MicroBatch]]:
+        """Per-device micro-batches ``[rank][micro]``; depends only on (batch, world_size, cfg, min_micro_batches).
 
         Sort by length, find the fewest contiguous bins under the cap (B), give
-        every device M = max(ceil(B / W), ``min_per_device``) slots (a gradient-noise
-        step asks for 2: it needs two micro-batch gradients), re-cut into at most W * M bins with
+        every device M = max(ceil(B / W), ceil(``min_micro_batches`` / W)) slots (a gradient-noise
+        step asks for 2 in all: it needs two micro-batch gradients; when B is at most 2 that is the same
+        two micro-batches on 1 or 2 devices), re-cut into at most W * M bins with
         the smallest largest-bin cost (balanced work), then assign bins to
         devices longest-processing-time first, at most M per device; leftover
         slots are empty micro-batches. A bin costs its padded width (:meth:`pad_width_samples`)
@@ -315,7 +366,8 @@ class BatchPlanner:
         widths_S = self.pad_width_samples(np.asarray([s.num_samples for s in segments], dtype=np.int64))
         unit_S = self._unit_cost_s(widths_S)
         cap = self.cfg.max_device_seconds
-        num_slots = max(math.ceil(len(_greedy_bins(unit_S, cap)) / world_size), min_per_device) * world_size
+        num_slots = max(math.ceil(len(_greedy_bins(unit_S, cap)) / world_size),
+                        math.ceil(min_micro_batches / world_size)) * world_size
         bins = _balanced_bins(unit_S, num_slots, cap)
         micro = [MicroBatch(tuple(segments[a:b]), (b - a) * int(widths_S[a])) for a, b in bins]
         costs = [(b - a) * float(unit_S[a]) for a, b in bins]
@@ -327,7 +379,9 @@ class BatchPlanner:
     def _fingerprint(self) -> str:
         """What the global sequence depends on (not the world size, not the cap unless it crops)."""
         cfg = self.cfg
-        keys = [cfg.seconds, cfg.crop, cfg.crop_max_seconds, cfg.num_buckets, self.sample_rate_hz]
+        # The unit, not the batch: with a constant batch they are the same number (older checkpoints
+        # hashed batch.seconds here), and a schedule's batches are whole numbers of units.
+        keys = [self.unit_s, cfg.crop, cfg.crop_max_seconds, cfg.num_buckets, self.sample_rate_hz]
         if cfg.crop == "shortest":
             keys += [cfg.max_device_seconds, cfg.cost, cfg.cost_length_seconds]
         digest = hashlib.sha256(repr(keys).encode())
@@ -335,18 +389,23 @@ class BatchPlanner:
         return digest.hexdigest()[:16]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "seed": self.seed,
-                "fingerprint": self._fingerprint()}
+        return {"epoch": self.epoch, "unit_in_epoch": self.unit_in_epoch, "step": self.step,
+                "real_samples_planned": self.real_samples_planned, "seed": self.seed,
+                "fingerprint": self._fingerprint(), "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.seed or state.get("fingerprint") != self._fingerprint():
             raise PlanError("the checkpoint's batch plan was made for another manifest, seed or batch "
-                            "setting (batch.seconds, batch.crop, ...): resume with the same data and "
-                            "batch settings, or start a new run")
-        if not 0 <= int(state["step_in_epoch"]) < self.steps_per_epoch:
-            raise PlanError(f"the checkpoint's step_in_epoch {state['step_in_epoch']} is outside this "
-                            f"plan's {self.steps_per_epoch} steps per epoch")
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+                            "setting (batch.seconds, batch.unit_seconds, batch.crop, ...): resume with the "
+                            "same data and batch settings, or start a new run")
+        # Checkpoints from before batch schedules held a constant batch: one unit per step, no step count.
+        unit = int(state.get("unit_in_epoch", state.get("step_in_epoch", 0)))
+        if not 0 <= unit < self.units_per_epoch:
+            raise PlanError(f"the checkpoint's position {unit} is outside this plan's "
+                            f"{self.units_per_epoch} planning units per epoch")
+        self.epoch, self.unit_in_epoch = int(state["epoch"]), unit
+        self.step, self.real_samples_planned = int(state.get("step", 0)), int(state.get("real_samples_planned", 0))
+        self.schedule.load_state_dict(state.get("schedule", {}))
 
 
 def _pad_lengths(capped_N: np.ndarray, num_lengths: int) -> np.ndarray:

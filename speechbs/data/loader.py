@@ -218,7 +218,7 @@ def iter_steps(planner: BatchPlanner, manifest: Manifest, audio_cfg: AudioConfig
     The planner advances when a step is handed out, not when it is prefetched:
     after receiving step k, ``planner.state_dict()`` resumes at step k + 1.
     ``min_micro_batches(i)`` (i counts the steps handed out by this call, from 0) is
-    the fewest micro-batches each rank gets at that step; a gradient-noise step needs 2.
+    the fewest micro-batches of that step over all ranks; a gradient-noise step needs 2.
     It repartitions the same global batch, so what the step trains on is unchanged.
     """
     assert 0 <= rank < world_size
@@ -301,7 +301,7 @@ def eval_micro_batches(manifest: Manifest, batch_cfg: BatchConfig, audio_cfg: Au
     lengths = manifest.num_model_samples(audio_cfg.sample_rate_hz)
     # Uncropped, so a forward pass must hold the longest utterance even when training crops below it.
     longest_cost_s = float(row_cost_s(lengths.max(), audio_cfg.sample_rate_hz, batch_cfg))
-    cfg = replace(batch_cfg, seconds=max(float(lengths.sum()) / audio_cfg.sample_rate_hz, 1e-3), crop="none",
+    cfg = replace(batch_cfg.constant(max(float(lengths.sum()) / audio_cfg.sample_rate_hz, 1e-3)), crop="none",
                   max_device_seconds=max(batch_cfg.max_device_seconds, longest_cost_s * (1 + 1e-9)))
     planner = build_planner(manifest, cfg, audio_cfg, seed=0)
     batch = planner.batch_at(0, 0)

@@ -44,7 +44,7 @@ class PartnerDraw:
         num_segments = len(segments)
         if num_segments < 2 or self.probability <= 0.0:
             return {}
-        rng = np.random.default_rng(seeds.partner_key(self.seed, batch.epoch, batch.step_in_epoch))
+        rng = np.random.default_rng(seeds.partner_key(self.seed, batch.epoch, batch.unit_in_epoch))
         mixed_S = rng.random(num_segments) < self.probability
         partner_S = rng.integers(0, num_segments - 1, size=num_segments)
         partner_S += partner_S >= np.arange(num_segments)  # skip the row itself

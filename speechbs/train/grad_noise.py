@@ -40,7 +40,7 @@ What is logged, and why it is built this way (docs/pretraining.md has the table)
   per-doubling ratio of that mean is biased towards 1. The windowed mean of the
   unbiased trace has W (M - 1) degrees of freedom before the one square root.
 - A measuring step must have M >= 2: the loop asks the loader for at least two
-  micro-batches per rank on measuring steps (``iter_steps(min_micro_batches=...)``),
+  micro-batches in all on measuring steps (``iter_steps(min_micro_batches=...)``),
   so single-micro-batch steps are measured like the others, not dropped. Only a
   global batch of a single utterance is unmeasurable; it logs M = 1 and NaN.
 
@@ -191,6 +191,16 @@ class NoiseWindow:
                          "noise_mu_sq": sq_mean, "noise_grad_std_at_batch": window["grad_std"],
                          "noise_grad_rms_at_batch": window["grad_rms"]})
         return logs
+
+    @property
+    def b_simple_s(self) -> float:
+        """B_simple of the window, s of audio (the logged ``noise_b_simple_s``); NaN before any measurement
+        or while the window's mean |mu|^2 is not positive."""
+        if not self.measurements:
+            return math.nan
+        sq_mean = math.fsum(s for _, s in self.measurements) / len(self.measurements)
+        tr_mean = math.fsum(t for t, _ in self.measurements) / len(self.measurements)
+        return tr_mean / sq_mean if sq_mean > 0 else math.nan
 
     def state_dict(self) -> dict[str, list[list[float]]]:
         return {"window": [list(m) for m in self.measurements]}

@@ -90,7 +90,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
                              backend=cfg.train.compile_backend) if cfg.train.compile else None
     model = ctx.wrap_model(task.model, find_unused_parameters=task.find_unused_parameters)  # DDP outside compile
     optimizer = build_optimizer(task.model, cfg.optim)
-    lr_peak = peak_lr(cfg.optim, cfg.batch.seconds)
+    lr_peak = peak_lr(cfg.optim, planner.schedule.seconds(0, 0.0))  # the first step's; it follows the batch
     state = TrainState(noise=NoiseWindow(cfg.train.grad_noise_window))
     log = MetricsLogger(run_dir, enabled=ctx.is_main, total_steps=cfg.train.num_steps,
                         log_every=cfg.train.log_every)
@@ -109,7 +109,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
         log.close()
         return state
-    log.message(f"training {run_dir}: batch {cfg.batch.seconds:g} s of audio per step, peak LR "
+    log.message(f"training {run_dir}: batch {_describe_batch(cfg)}, peak LR "
                 f"{lr_peak:.3g} ({cfg.optim.lr_rule} rule), {ctx.world_size} process(es)")
     if compiled is not None:
         log.message(f"torch.compile ({cfg.train.compile_backend}): {len(compiled.names)} regions, micro-batches "
@@ -120,23 +120,28 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
     guard = NonFiniteGuard(cfg.train.max_nonfinite_in_row,  # rank 0 names the checkpoint and command to restart
                            advice=(lambda first: divergence_advice(run_dir, cfg, resume, first)) if ctx.is_main else None)
     pending_marks = sorted(h for h in cfg.train.milestone_hours if h not in state.marks_kept)
-    every, first_step = cfg.train.grad_noise_every, state.step
+    every = cfg.train.grad_noise_every
 
     def measures(step: int) -> bool:
         """Whether optimizer step ``step`` (0-based) measures gradient noise."""
         return bool(every) and (step + 1) % every == 0
 
-    # A measuring step needs two micro-batch gradients: each rank then gets at least two.
-    steps = scope.enter_context(contextlib.closing(iter_steps(
-        planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
-        targets=task.targets, partners=task.partners, pin_memory=ctx.device.type == "cuda",
-        min_micro_batches=lambda i: 2 if measures(first_step + i) else 1)))  # closing it stops the workers
+    def open_steps(first_step: int) -> Any:
+        """The step stream from the planner's position (again after an adaptive decision changed the batch:
+        the loader plans ahead). A measuring step needs two micro-batch gradients: it gets at least two in all."""
+        return scope.enter_context(contextlib.closing(iter_steps(  # closing it stops the workers
+            planner, manifest, cfg.audio, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
+            targets=task.targets, partners=task.partners, pin_memory=ctx.device.type == "cuda",
+            min_micro_batches=lambda i: 2 if measures(first_step + i) else 1)))
+
+    steps = open_steps(state.step)
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
     while state.step < cfg.train.num_steps:
         data = next(steps)
-        lr = lr_peak * lr_scale(state.step, cfg.schedule, cfg.train.num_steps)
+        # The peak LR follows the batch the schedule set for this step through the LR rule.
+        lr = peak_lr(cfg.optim, data.batch.target_s) * lr_scale(state.step, cfg.schedule, cfg.train.num_steps)
         set_lr(optimizer, lr)
         # Dropout and other global-RNG draws come from (seed, step, rank): a resume at step k
         # draws what an uninterrupted run draws, with no RNG state to carry across world sizes.
@@ -166,6 +171,23 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
             "hours_seen": state.hours_seen, "num_skipped": state.num_skipped,
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
+
+        if planner.schedule.is_decision_step(state.step):
+            # Rank 0 decides for all from the window (the same on every rank: its sums are all-reduced).
+            decision = ctx.broadcast_object(
+                planner.schedule.decide(state.step, state.noise.b_simple_s) if ctx.is_main else None)
+            before = planner.schedule.num_units(state.step, planner.hours_planned)
+            planner.schedule.record(decision)
+            log.event(state.step, "batch_decision", {
+                "b_simple_s": decision.b_simple_s, "wanted_s": decision.wanted_s,
+                "batch_target_s": decision.num_units * planner.unit_s,
+                "previous_batch_target_s": before * planner.unit_s})
+            if decision.num_units != before:
+                log.message(f"batch {before * planner.unit_s:g} s -> {decision.num_units * planner.unit_s:g} s from "
+                            f"step {state.step + 1} (B_simple {decision.b_simple_s:.3g} s x "
+                            f"{cfg.batch.adaptive.factor:g}, clamped and rounded)")
+                steps.close()  # its lookahead was planned at the old batch
+                steps = open_steps(state.step)
 
         if task.has_validation and cfg.train.valid_every and state.step % cfg.train.valid_every == 0:
             # Training's precision; eager: validation's whole utterances would be new shapes to compile.
@@ -215,6 +237,20 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
     return state
 
 
+def _describe_batch(cfg: Config) -> str:
+    """The batch schedule in one phrase, for the log."""
+    batch = cfg.batch
+    if batch.schedule == "ramp":
+        span = f"{batch.ramp.steps} steps" if batch.ramp.steps else f"{batch.ramp.hours:g} h of audio"
+        return (f"ramp ({batch.ramp.shape}) from {batch.ramp.start_seconds:g} s to {batch.seconds:g} s of audio "
+                f"per step over {span}")
+    if batch.schedule == "adaptive":
+        return (f"adaptive from {batch.seconds:g} s of audio per step, set every {batch.adaptive.every_steps} "
+                f"steps to {batch.adaptive.factor:g} x B_simple within [{batch.adaptive_min_seconds:g}, "
+                f"{batch.adaptive.max_seconds:g}] s")
+    return f"{batch.seconds:g} s of audio per step"
+
+
 def _batch_logs(data: StepData) -> dict[str, Any]:
     """Accounting for one global step, plus a fingerprint of which audio it held.
 
@@ -226,7 +262,8 @@ def _batch_logs(data: StepData) -> dict[str, Any]:
     segments = sorted((s.index, s.offset_samples, s.num_samples) for s in data.batch.segments)
     digest = hashlib.sha1(repr(segments).encode()).hexdigest()[:12]
     return {
-        "epoch": data.batch.epoch, "batch_s": stats.real_s, "padded_s": stats.padded_s,
+        "epoch": data.batch.epoch, "batch_s": stats.real_s, "batch_target_s": data.batch.target_s,
+        "batch_units": data.batch.num_units, "padded_s": stats.padded_s,
         "packing": stats.packing_efficiency, "max_device_padded_s": stats.max_device_padded_s, "cropped_s": stats.cropped_s,
         "num_utterances": stats.num_utterances, "num_micro_batches": stats.num_micro_batches,
         "num_empty_micro_batches": stats.num_empty_micro_batches, "batch_fingerprint": digest,
@@ -275,6 +312,9 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, pla
     for group, kept in zip(optimizer.param_groups, settings):
         group.update(kept)
     planner.load_state_dict(ckpt["planner"])
+    if "step" not in ckpt["planner"]:  # written before batch schedules (a constant batch): the run's own count
+        planner.step = int(ckpt["step"])
+        planner.real_samples_planned = round(float(ckpt["hours_seen"]) * 3600 * planner.sample_rate_hz)
     if grad_scaler is not None and ckpt.get("grad_scaler"):
         grad_scaler.load_state_dict(ckpt["grad_scaler"])
     state = TrainState(step=int(ckpt["step"]), hours_seen=float(ckpt["hours_seen"]),

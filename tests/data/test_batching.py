@@ -169,7 +169,7 @@ def test_state_round_trip_mid_epoch_and_across_epochs(lengths):
     q.load_state_dict(state)
     ahead = [p.next_batch() for _ in range(4)]
     assert [q.next_batch() for _ in range(4)] == ahead
-    assert ahead[2].epoch == 1 and ahead[2].step_in_epoch == 0
+    assert ahead[2].epoch == 1 and ahead[2].unit_in_epoch == 0
 
 
 def test_resume_with_another_plan_is_refused(lengths):
@@ -203,13 +203,13 @@ def test_impossible_plans_say_what_to_change(lengths_s, batch, words):
 
 def test_types_are_the_published_api():
     seg = Segment(index=3, offset_samples=0, num_samples=10)
-    gb = GlobalBatch(epoch=0, step_in_epoch=0, segments=(seg,), real_samples=10, cropped_samples=0)
+    gb = GlobalBatch(epoch=0, unit_in_epoch=0, num_units=1, target_s=1.0, segments=(seg,), real_samples=10, cropped_samples=0)
     assert MicroBatch((seg,), 10).padded_samples == 10 and gb.segments[0].index == 3
 
 
-def test_real_samples_per_step_matches_the_batches(lengths):
+def test_real_samples_per_unit_matches_the_batches(lengths):
     p = planner(lengths, crop="shortest")
-    assert p.real_samples_per_step(2).tolist() == [gb.real_samples for gb in p.plan_epoch(2)]
+    assert p.real_samples_per_unit(2).tolist() == [gb.real_samples for gb in p.plan_epoch(2)]
 
 
 def test_uneven_epoch_warns_with_the_realized_step():
@@ -220,16 +220,19 @@ def test_uneven_epoch_warns_with_the_realized_step():
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_a_noise_step_gets_two_micro_batches_per_device_from_the_same_global_batch(world_size):
-    """A gradient-noise step needs two micro-batch gradients: a batch that fits one forward pass per
-    device is cut in two per device, and the set of segments does not change."""
+def test_a_noise_step_gets_two_micro_batches_from_the_same_global_batch(world_size):
+    """A gradient-noise step needs two micro-batch gradients: a batch that fits one forward pass is cut
+    in two (one per device on two devices), and the set of segments does not change."""
     p = planner(librispeech_like(400), seconds=120.0, max_device_seconds=200.0)
     batch = p.batch_at(0, 0)
     assert all(len(rank) == 1 for rank in p.split(batch, world_size))
-    split = p.split(batch, world_size, min_per_device=2)
-    assert all(len(rank) == 2 for rank in split)
+    split = p.split(batch, world_size, min_micro_batches=2)
+    assert all(len(rank) == max(1, 2 // world_size) for rank in split)
     assert sum(not mb.is_empty for rank in split for mb in rank) >= 2
     assert key(s for rank in split for mb in rank for s in mb.segments) == key(batch.segments)
+    # The two micro-batches are the same on one device and on two.
+    one, two = p.split(batch, 1, min_micro_batches=2), p.split(batch, 2, min_micro_batches=2)
+    assert {mb.segments for mb in one[0]} == {rank[0].segments for rank in two}
 
 
 @pytest.mark.parametrize("batch", [{}, {"crop": "max"}, {"cost": "quadratic", "cost_length_seconds": 30.0}])

@@ -6,9 +6,9 @@ from speechbs.data.batching import GlobalBatch, Segment
 from speechbs.data.partners import PartnerDraw
 
 
-def _batch(num_segments: int, step_in_epoch: int = 0, first: int = 0) -> GlobalBatch:
+def _batch(num_segments: int, unit_in_epoch: int = 0, first: int = 0) -> GlobalBatch:
     segments = tuple(Segment(first + i, 10 * i, 1_000 + i) for i in range(num_segments))
-    return GlobalBatch(0, step_in_epoch, segments, sum(s.num_samples for s in segments), 0)
+    return GlobalBatch(0, unit_in_epoch, 1, 1.0, segments, sum(s.num_samples for s in segments), 0)
 
 
 def test_partners_are_other_utterances_of_the_batch_drawn_by_seed_and_step() -> None:
@@ -18,7 +18,7 @@ def test_partners_are_other_utterances_of_the_batch_drawn_by_seed_and_step() -> 
     assert chosen == draw.choose(_batch(40))  # a function of (seed, epoch, step, batch): nothing else
     assert all(index != partner.index for index, partner in chosen.items())
     assert set(chosen.values()) <= set(batch.segments)  # the partner's segment as the step uses it
-    assert chosen != draw.choose(_batch(40, step_in_epoch=1)) != PartnerDraw(probability=0.5, seed=4).choose(batch)
+    assert chosen != draw.choose(_batch(40, unit_in_epoch=1)) != PartnerDraw(probability=0.5, seed=4).choose(batch)
 
 
 def test_partner_rate_and_edge_cases() -> None:
