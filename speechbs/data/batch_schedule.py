@@ -64,8 +64,8 @@ class BatchSchedule:
         return points
 
     def units(self, seconds: float) -> int:
-        """``seconds`` rounded to the nearest whole number of units (at least one)."""
-        return max(1, round(seconds / self.unit_s))
+        """``seconds`` rounded to the nearest whole number of units, halves up (at least one)."""
+        return max(1, math.floor(seconds / self.unit_s + 0.5 + 1e-9))
 
     def num_units(self, step: int, hours_seen: float) -> int:
         """The batch of optimizer step ``step`` (0-based) after ``hours_seen`` h of audio, units."""

@@ -172,7 +172,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
-        if planner.schedule.is_decision_step(state.step):
+        if planner.schedule.is_decision_step(state.step) and state.step < cfg.train.num_steps:
             # Rank 0 decides for all from the window (the same on every rank: its sums are all-reduced).
             decision = ctx.broadcast_object(
                 planner.schedule.decide(state.step, state.noise.b_simple_s) if ctx.is_main else None)
