@@ -85,6 +85,9 @@ class RunRow:
     """Probe task -> test accuracy in [0, 1] (``probe/<task>/probe.json`` of ``speechbs probe``)."""
     seed: int | None = None
     """``run.seed`` of the pretraining run."""
+    schedule: str = "constant"
+    """The batch schedule in words (``batch.schedule``): ``constant``, ``ramp 15->60 s / 100 steps``,
+    ``adaptive 30->120 s`` (its first and last scheduled batch)."""
     group_key: str = ""
     """The config without ``run.seed``, ``run.name`` and ``run.output_dir``: equal for runs that differ only by seed."""
 
@@ -252,6 +255,8 @@ def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_
         row.train_loss = statistics.fmean(losses) if losses else None
         row.curve = [(int(r["step"]), float(r.get("hours_seen", math.nan)), float(r["loss"]))
                      for r in train if _finite(r.get("loss"))]
+        if config is not None:
+            row.schedule = _schedule_words(config.get("batch", {}), train)
         row.noise_series = [(float(r.get("hours_seen", math.nan)), _number(r.get("noise_b_simple_s")),
                              _number(r.get("noise_grad_std_at_batch"))) for r in train if "noise_window" in r]
     if valid:
@@ -261,6 +266,19 @@ def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_
     if row.steps is not None and row.num_steps and row.steps < row.num_steps:
         notes.append(f"{label}: pretraining stopped at step {row.steps} of {row.num_steps} (unfinished)")
     return row
+
+
+def _schedule_words(batch: dict[str, Any], train: list[dict]) -> str:
+    """``batch.schedule`` in a few words, with the batches the run actually had scheduled."""
+    kind = batch.get("schedule", "constant")
+    targets = [r["batch_target_s"] for r in train if _finite(r.get("batch_target_s"))]
+    if kind == "ramp":
+        ramp = batch.get("ramp", {})
+        span = f"{ramp.get('steps')} steps" if ramp.get("steps") else f"{ramp.get('hours'):g} h"
+        return f"ramp {float(ramp.get('start_seconds', 0)):g}->{float(batch.get('seconds', 0)):g} s / {span}"
+    if kind == "adaptive":
+        return f"adaptive {targets[0]:g}->{targets[-1]:g} s" if targets else "adaptive"
+    return str(kind)
 
 
 def _peak_lr(optim: dict[str, Any], batch_s: float | None) -> float | None:

@@ -14,7 +14,7 @@ from speechbs.report.collect import Collected, mean_sd
 
 BASE_COLUMNS = ["run", "seeds", "batch_s", "batch_min", "peak_lr", "steps", "hours_seen", "train_loss",
                 "valid_loss", "noise_hours", "grad_noise_s", "grad_std"]
-HEADERS = {"run": "run", "seeds": "seeds", "batch_s": "batch (s)", "batch_min": "batch (min)", "peak_lr": "peak LR",
+HEADERS = {"run": "run", "seeds": "seeds", "schedule": "batch schedule", "batch_s": "batch (s)", "batch_min": "batch (min)", "peak_lr": "peak LR",
            "steps": "steps", "hours_seen": "hours seen", "train_loss": "final train loss",
            "valid_loss": "final valid loss", "noise_hours": "noise at (h seen)", "grad_noise_s": "grad noise B (s)",
            "grad_std": "grad std"}
@@ -44,11 +44,17 @@ def table_rows(collected: Collected) -> tuple[list[str], list[list[str | int | C
     """Column names and, per group of seeds, its label, its number of runs and a (mean, sd) per column."""
     pairs = score_columns(collected)
     tasks = probe_tasks(collected)
-    columns = (BASE_COLUMNS + [f"{m} {s}/{t}" for s, t in pairs for m in ("WER", "CER")]
+    # The schedule column only when some run's batch moved (its "batch (s)" is the recipe's batch.seconds:
+    # a ramp's end, an adaptive run's first batch).
+    schedules = any(r.schedule != "constant" for r in collected.rows)
+    columns = (BASE_COLUMNS[:2] + ["schedule"] * schedules + BASE_COLUMNS[2:]
+               + [f"{m} {s}/{t}" for s, t in pairs for m in ("WER", "CER")]
                + [f"probe {task} acc %" for task in tasks])
     values = []
     for group in collected.groups:
         line: list[str | int | Cell] = [group.label, len(group.rows)]
+        if schedules:
+            line.append(" / ".join(dict.fromkeys(r.schedule for r in group.rows)))
         for attr in _ROW_ATTRS:
             if attr == "batch_min":
                 line.append(mean_sd([b / 60 for b in group.values("batch_s")]))
@@ -121,10 +127,15 @@ def to_csv(collected: Collected) -> str:
     columns, values = table_rows(collected)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns[:2] + [name for c in columns[2:] for name in (c, f"{c}_sd")])
+    writer.writerow([name for c, v in zip(columns, values[0] if values else columns)
+                     for name in ((c, f"{c}_sd") if isinstance(v, tuple) else (c,))])
     for line in values:
-        cells: list[str | int] = [line[0], line[1]]
-        for mean, sd in line[2:]:
-            cells += ["" if mean is None else f"{mean:.6g}", "" if sd is None else f"{sd:.6g}"]
+        cells: list[str | int] = []
+        for value in line:
+            if isinstance(value, tuple):  # (mean, sd)
+                mean, sd = value
+                cells += ["" if mean is None else f"{mean:.6g}", "" if sd is None else f"{sd:.6g}"]
+            else:  # the label, the number of seeds, the schedule
+                cells.append(value)
         writer.writerow(cells)
     return buffer.getvalue()

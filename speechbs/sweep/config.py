@@ -3,7 +3,7 @@
 A sweep recipe is a TOML file with four parts::
 
     [sweep]        name, where it lives, the base pretraining recipe, the budget policy
-    [grid]         the axes: batch seconds (required), LR rule, model size, seed
+    [grid]         the axes: batch seconds (required), batch schedule, LR rule, model size, seed
     [[finetune]]   one table per labeled split to fine-tune every checkpoint on
     [[test]]       one table per test set to decode and score every fine-tuned model on
     [[noise]]      fixed-state gradient noise (``speechbs noise``) of chosen pretrained checkpoints
@@ -83,6 +83,12 @@ class GridSection:
     """Batch sizes, seconds of audio per optimizer step over all devices (``batch.seconds``), s. A recipe
     may give ``batch_minutes`` instead."""
 
+    batch_schedule: list[Literal["constant", "ramp", "adaptive"]] = field(default_factory=list)
+    """Batch schedules to try (``batch.schedule``; a point's ``batch_seconds`` is a ramp's end and an
+    adaptive run's first batch); the ramp's and the decisions' settings come from the base recipe's
+    ``[batch.ramp]`` / ``[batch.adaptive]`` or ``sweep.pretrain_set``; empty: the base recipe's schedule.
+    Compare schedules at equal hours seen (``milestone_hours``): a ramp sees less audio per step."""
+
     lr_rule: list[Literal["none", "linear", "sqrt"]] = field(default_factory=list)
     """LR scaling rules to try (``optim.lr_rule``); empty: the base recipe's rule."""
 
@@ -98,7 +104,7 @@ class GridSection:
         require(bool(self.batch_seconds), "grid.batch_seconds",
                 "is required: a list of batch sizes in seconds of audio, e.g. [87.5, 600, 4800]")
         require(all(s > 0 for s in self.batch_seconds), "grid.batch_seconds", "must all be > 0")
-        for key in ("batch_seconds", "lr_rule", "model_size", "seed"):
+        for key in ("batch_seconds", "batch_schedule", "lr_rule", "model_size", "seed"):
             values = getattr(self, key)
             require(len(set(values)) == len(values), f"grid.{key}", f"has a repeated value: {values}")
 

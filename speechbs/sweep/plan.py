@@ -98,16 +98,18 @@ def steps_for(section: SweepSection, batch_s: float) -> int:
 
 
 def _combinations(grid: GridSection) -> list[dict[str, Any]]:
-    axes = {"batch_s": grid.batch_seconds, "lr_rule": grid.lr_rule, "model_size": grid.model_size,
-            "seed": grid.seed}
+    axes = {"batch_s": grid.batch_seconds, "batch_schedule": grid.batch_schedule, "lr_rule": grid.lr_rule,
+            "model_size": grid.model_size, "seed": grid.seed}
     present = {k: v for k, v in axes.items() if v}
     keys = list(present)
     return [dict(zip(keys, values)) for values in itertools.product(*(present[k] for k in keys))]
 
 
 def point_name(combo: dict[str, Any], grid: GridSection) -> str:
-    """``bs600s``, plus ``-sqrt``, ``-base``, ``-seed2`` for the axes that have several values."""
+    """``bs600s``, plus ``-ramp``, ``-sqrt``, ``-base``, ``-seed2`` for the axes that have several values."""
     name = f"bs{combo['batch_s']:g}s"
+    if len(grid.batch_schedule) > 1:
+        name += f"-{combo['batch_schedule']}"
     if len(grid.lr_rule) > 1:
         name += f"-{combo['lr_rule']}"
     if len(grid.model_size) > 1:
@@ -123,6 +125,8 @@ def _point(cfg: SweepConfig, base: Path, root: Path, combo: dict[str, Any]) -> P
     num_steps = steps_for(cfg.sweep, batch_s)
     own = [f"run.output_dir={toml_str(root / 'points' / name)}", "run.name=pretrain",
            f"batch.seconds={batch_s!r}", f"train.num_steps={num_steps}"]
+    if "batch_schedule" in combo:
+        own.append(f"batch.schedule={toml_str(combo['batch_schedule'])}")
     if "lr_rule" in combo:
         own.append(f"optim.lr_rule={toml_str(combo['lr_rule'])}")
     if "model_size" in combo:

@@ -34,6 +34,21 @@ def test_points_carry_batch_lr_rule_and_names(tmp_path):
     assert len({p.config_hash for p in plan.points}) == 4
 
 
+def test_a_sweep_grids_over_batch_schedules(tmp_path):
+    """The schedule is an axis like the LR rule: ramp and adaptive points take their settings from the
+    sweep's pretrain_set (or the base recipe) and are named by their schedule."""
+    sweep = 'budget = "steps_with_milestones"\nsteps = 40\nmilestone_hours = [0.1]'
+    settings = ('sweep.pretrain_set=["batch.ramp.start_seconds=15.0", "batch.ramp.steps=20", '
+                '"batch.adaptive.max_seconds=240.0", "train.grad_noise_every=5"]')
+    plan = plan_sweep(write_sweep(tmp_path, grid='batch_seconds = [60.0]\nbatch_schedule = ["constant", "ramp", "adaptive"]',
+                                  sweep=sweep), [settings])
+    assert [p.name for p in plan.points] == ["bs60s-constant", "bs60s-ramp", "bs60s-adaptive"]
+    assert 'batch.schedule="ramp"' in plan.points[1].overrides
+    assert len({p.config_hash for p in plan.points}) == 3
+    with pytest.raises(ConfigError, match="sweep point bs60s-ramp: .*batch.ramp.start_seconds"):
+        plan_sweep(write_sweep(tmp_path, grid='batch_seconds = [60.0]\nbatch_schedule = ["constant", "ramp"]'))
+
+
 @pytest.mark.parametrize("body, message", [
     ('[sweep]\npretrain_recipe = "pre.toml"\nbudget = "hours"\n[grid]\nbatch_seconds = [1.0]\n', "sweep.hours"),
     ('[sweep]\npretrain_recipe = "pre.toml"\nhours = 1.0\n[grid]\nbatch_secs = [1.0]\n', "Did you mean grid.batch_seconds"),
