@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("speechbs.export", "write a checkpoint as a Hugging Face transformers directory (--to hf)"),
     "noise": ("speechbs.noise", "gradient noise of a checkpoint at several batch sizes, at a fixed model state"),
     "probe": ("speechbs.probe.command", "frozen-feature probes (speaker, keyword, ...): layer weights + a small head"),
+    "advise": ("speechbs.advise.command", "measure a recipe's early noise scale and recommend a batch for your devices"),
     "report": ("speechbs.report.command", "table and plots of batch size vs WER, hours seen and gradient noise"),
 }
 

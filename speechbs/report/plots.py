@@ -297,3 +297,32 @@ def write_probe_plot(record: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def write_advice_plot(advice: dict, path: Path) -> Path:
+    """``advice.png`` of ``speechbs advise``: predicted steps and audio to the probe's loss against the batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, trade = advice["table"], advice["tradeoff"]
+    batches = [r["batch_s"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(batches, [r["steps_vs_min"] for r in rows], marker="o", label="steps / fewest steps")
+    ax.plot(batches, [r["audio_vs_min"] for r in rows], marker="s", label="audio / least audio")
+    ax.axvline(trade["b_noise_s"], linestyle="--", color="gray", label=f"B_noise {trade['b_noise_s']:.3g} s")
+    low, high = advice["probe"]["b_noise_interval_s"]
+    if math.isfinite(low) and math.isfinite(high):
+        ax.axvspan(low, high, color="gray", alpha=0.15, label="its 90% interval")
+    ax.axvline(advice["recommended"]["batch_s"], color="tab:green", label=f"recommended {advice['recommended']['batch_s']:g} s")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (s of audio per step, all devices)")
+    ax.set_ylabel("relative cost to reach the probe's loss")
+    ax.set_title("steps/data trade-off (McCandlish et al. 2018), extrapolated from the probe run", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -60,19 +60,22 @@ class TrainState:
 
 
 def train(cfg: Config, build_task: TaskFactory, ctx: DistContext,
-          resume: ResumeOptions = ResumeOptions()) -> TrainState:
+          resume: ResumeOptions = ResumeOptions(), until_step: int | None = None) -> TrainState:
     """Train ``cfg`` to ``cfg.train.num_steps``, resuming from the run directory if it has a checkpoint.
+
+    ``until_step``: stop (with a checkpoint) after that many steps, on the schedules of the whole run:
+    the first steps of the recipe, as ``speechbs advise`` probes them.
 
     ``resume``: planned changes (``--allow-change``) and restarts (``--restart-from``), see train/resume.py.
     From the first line on, SIGTERM/SIGUSR1 makes it save the step in flight and exit with
     :data:`EXIT_REQUEUE`; the data workers and the signal handlers are closed however it ends.
     """
     with contextlib.ExitStack() as scope:
-        return _train(cfg, build_task, ctx, resume, scope)
+        return _train(cfg, build_task, ctx, resume, scope, min(until_step or cfg.train.num_steps, cfg.train.num_steps))
 
 
 def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: ResumeOptions,
-           scope: contextlib.ExitStack) -> TrainState:
+           scope: contextlib.ExitStack, last_step: int) -> TrainState:
     # --- build ------------------------------------------------------------------
     stop = scope.enter_context(StopFlag())  # read by train_step when it packs its all-reduce
     # The manifest and the batch plan are checked before the run directory is written, so a
@@ -92,7 +95,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
     optimizer = build_optimizer(task.model, cfg.optim)
     lr_peak = peak_lr(cfg.optim, planner.schedule.seconds(0, 0.0))  # the first step's; it follows the batch
     state = TrainState(noise=NoiseWindow(cfg.train.grad_noise_window))
-    log = MetricsLogger(run_dir, enabled=ctx.is_main, total_steps=cfg.train.num_steps,
+    log = MetricsLogger(run_dir, enabled=ctx.is_main, total_steps=last_step,
                         log_every=cfg.train.log_every)
     autocast, grad_scaler = precision_context(ctx.device, cfg.train.precision)
 
@@ -105,7 +108,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
     if ctx.is_main:
         record(run_dir, cfg, start, ckpt, state.step, log)  # resumes.jsonl and a "resume" row in metrics.jsonl
     del ckpt
-    if state.step >= cfg.train.num_steps:
+    if state.step >= last_step:
         log.message(f"run {run_dir} is already complete ({state.step} steps)")
         log.close()
         return state
@@ -138,7 +141,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
     tick = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------
-    while state.step < cfg.train.num_steps:
+    while state.step < last_step:
         data = next(steps)
         # The peak LR follows the batch the schedule set for this step through the LR rule.
         lr = peak_lr(cfg.optim, data.batch.target_s) * lr_scale(state.step, cfg.schedule, cfg.train.num_steps)
@@ -172,7 +175,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
             "audio_s_per_s": data.stats.real_s / seconds_per_step / ctx.world_size,
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
-        if planner.schedule.is_decision_step(state.step) and state.step < cfg.train.num_steps:
+        if planner.schedule.is_decision_step(state.step) and state.step < last_step:
             # Rank 0 decides for all from the window (the same on every rank: its sums are all-reduced).
             decision = ctx.broadcast_object(
                 planner.schedule.decide(state.step, state.noise.b_simple_s) if ctx.is_main else None)
@@ -218,7 +221,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
         stopping = report.stop_requested  # agreed by every rank inside the step's one all-reduce
         # No rolling checkpoint while steps are skipped: it would hold the weights that gave NaN and
         # prune one from before, which a restart needs (resume.divergence_advice).
-        if (milestone or stopping or state.step == cfg.train.num_steps
+        if (milestone or stopping or state.step == last_step
                 or (state.step % max(cfg.train.checkpoint_every, 1) == 0 and not guard.num_in_a_row)):
             if ctx.is_main:
                 save_checkpoint(ckpt_dir, state.step,
