@@ -130,7 +130,7 @@ def _read_probe(run_dir: Path, num_steps: int) -> dict[str, Any]:
 
 def _measure_memory(cfg: Any, task: Any, memory_gb: float) -> dict[str, Any]:
     """Saved activation bytes per padded second on up to three real micro-batches of the recipe's first step."""
-    from speechbs.advise.memory import HEADROOM, max_device_seconds, saved_bytes, static_bytes
+    from speechbs.advise.memory import HEADROOM, PEAK_PER_SAVED, max_device_seconds, saved_bytes, static_bytes
     from speechbs.data.loader import build_planner, iter_steps
     from speechbs.data.manifest import read_manifest
 
@@ -149,12 +149,14 @@ def _measure_memory(cfg: Any, task: Any, memory_gb: float) -> dict[str, Any]:
     cap_s = max_device_seconds(memory_gb, static, per_s)
     longest_s = float(planner.capped_N.max()) / cfg.audio.sample_rate_hz
     if cap_s < longest_s:
-        raise ConfigError(f"--device-memory-gb {memory_gb:g}: by the measured {per_s / 2**20:.1f} MiB of activations "
+        raise ConfigError(f"--device-memory-gb {memory_gb:g}: by the measured {per_s / 2**20:.1f} MiB of saved activations "
                           f"per padded second and {static / 2**30:.2f} GiB of weights and optimizer state, a device "
                           f"holds {max(cap_s, 0):.1f} s, less than the longest utterance ({longest_s:.1f} s): "
                           f"crop (batch.crop = \"max\"), use a smaller model, or more memory per device")
-    return {"method": "bytes of the tensors autograd saves for backward (parameters left out), per padded second",
-            "activation_mib_per_padded_s": per_s / 2**20, "static_gib": static / 2**30,
+    return {"method": "bytes of the tensors autograd saves for backward (parameters left out), per padded second, "
+                      "x peak_per_saved for the backward's peak (speechbs/advise/memory.py)",
+            "saved_mib_per_padded_s": per_s / 2**20, "peak_per_saved": PEAK_PER_SAVED,
+            "activation_mib_per_padded_s": PEAK_PER_SAVED * per_s / 2**20, "static_gib": static / 2**30,
             "device_memory_gb": memory_gb, "headroom": HEADROOM, "max_device_seconds": cap_s,
             "num_micro_batches_measured": len(ratios)}
 
@@ -218,7 +220,7 @@ def render(advice: dict[str, Any]) -> str:
              f"(90% interval {low:.3g}-{high:.3g} s, {probe['num_measurements']} measurements)",
              f"devices: {advice['gpus']} x {advice['device_memory_gb']:g} GiB -> micro-batch cap "
              f"{memory['max_device_seconds']:.1f} s ({memory['activation_mib_per_padded_s']:.1f} MiB of "
-             f"activations per padded second, {1024 * memory['static_gib']:.1f} MiB weights + optimizer, "
+             f"activations per padded second at the step's peak, {1024 * memory['static_gib']:.1f} MiB weights + optimizer, "
              f"{memory['headroom']:.0%} of memory)", ""]
     budget = advice["budget_hours"] is not None
     header = ("| batch (s) | per device (s) | steps to the probe's loss | x fewest | audio (h) | x least "

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from speechbs.advise.memory import BYTES_PER_PARAM, HEADROOM, max_device_seconds, saved_bytes, static_bytes
+from speechbs.advise.memory import BYTES_PER_PARAM, HEADROOM, PEAK_PER_SAVED, max_device_seconds, saved_bytes, static_bytes
 from speechbs.advise.tradeoff import Tradeoff, bootstrap_interval, candidate_batches, ratio_of_means, recommend
 
 
@@ -67,5 +67,5 @@ def test_saved_bytes_counts_the_activations_autograd_keeps_and_not_the_weights()
 
 
 def test_the_cap_is_what_fits_in_the_headroom():
-    assert max_device_seconds(1.0, 0, 2**20) == pytest.approx(1024 * HEADROOM)
+    assert max_device_seconds(1.0, 0, 2**20) == pytest.approx(1024 * HEADROOM / PEAK_PER_SAVED)
     assert max_device_seconds(1.0, 2**30, 2**20) < 0  # the weights alone overflow
