@@ -16,6 +16,8 @@ What it writes (each file well under 1 MB):
   updates of ``audio_finetuning`` / ``ctc`` on letter labels;
 - ``wavlm_unilm.pt``: a random tiny ``WavLM`` of the WavLM repository's ``WavLM.py`` (the copy s3prl
   ships), saved as that repository saves it, ``{'cfg': WavLMConfig dict, 'model': state}``;
+- ``pickled_configs.pt``: the wav2vec 2.0 checkpoint's config as older fairseq checkpoints pickle it,
+  an omegaconf ``DictConfig`` and a flat ``argparse.Namespace`` (no weights), beside the plain dicts;
 - ``outputs.pt``: per checkpoint, the input waveform and what fairseq (or ``WavLM.py``) computes in
   eval mode: the encoder output, the pretraining heads' outputs, the CTC logits and greedy text.
 
@@ -197,6 +199,19 @@ def wavlm_fixture(out: Path) -> dict:
     return {"wav_BT": wav_BT, "features_BTC": x_BTC}
 
 
+def pickled_configs(w2v2: Path, out: Path) -> None:
+    """The config of ``w2v2`` pickled as omegaconf and argparse objects, as older fairseq checkpoints hold it."""
+    import torch
+    from omegaconf import OmegaConf
+
+    cfg = torch.load(w2v2, weights_only=True)["cfg"]
+    flat = {**cfg["task"], **cfg["criterion"], **cfg["model"], "arch": cfg["model"]["_name"],
+            "task": cfg["task"]["_name"], "criterion": cfg["criterion"]["_name"]}
+    flat.pop("_name")
+    torch.save({"cfg_plain": cfg, "cfg_omegaconf": OmegaConf.create(cfg), "args_plain": flat,
+                "args_namespace": argparse.Namespace(**flat)}, out / "pickled_configs.pt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="fixture directory (default: %(default)s)")
@@ -210,6 +225,7 @@ def main() -> None:
         for name in ("w2v2_pretrained", "hubert_pretrained", "w2v2_ctc"):
             shutil.copyfile(paths[name], args.out / f"{name}.pt")
         shutil.copyfile(paths["data"] / "dict.ltr.txt", args.out / "dict.ltr.txt")
+        pickled_configs(paths["w2v2_pretrained"], args.out)
     outputs["wavlm_unilm"] = wavlm_fixture(args.out)
     torch.save({name: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
                 for name, out in outputs.items()}, args.out / "outputs.pt")

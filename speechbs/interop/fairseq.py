@@ -91,16 +91,36 @@ def read_foreign(path: Path, loaded: Any = None) -> Foreign | None:
     where = f"{path}"
     name = model.get("_name")
     if name in ("wav2vec_ctc",):
-        return _read_ctc(path, source, model, task, state, step)
+        return _read_ctc(path, source, model, task, state, step, raw)
     if name not in ("wav2vec2", "hubert", "wavlm"):
         raise ConfigError(f"{where}: fairseq model {name!r} is not one speechbs reads (wav2vec2, hubert, "
                           f"wav2vec_ctc, or a WavLM checkpoint)")
     family = name
     arch, speechbs_state = _pretrained_state(family, model, task, criterion, state, symbols, where)
-    if family == "wavlm":
-        speechbs_state.update(raw.get("speechbs_heads") or {})
-    cfg = _speechbs_config(family, arch, task)
+    heads = raw.get("speechbs_heads") or {} if family == "wavlm" else {}
+    if "label_embs" in heads:  # WavLM.py's config has no head sizes: the heads written by speechbs give them
+        arch = replace(arch, num_clusters=heads["label_embs"].shape[0], final_dim=heads["label_embs"].shape[1])
+    speechbs_state.update(heads)
+    cfg = _speechbs_config(family, _with_provenance(family, arch, raw), task)
     return _finish(path, source, cfg, speechbs_state, step, family)
+
+
+def _with_provenance(family: str, arch: Any, raw: dict) -> Any:
+    """``arch`` with the settings the foreign config has no field for taken from the speechbs config the file
+    carries when speechbs wrote it (``speechbs.config_toml``); otherwise as they are (speechbs's BASE values)."""
+    from speechbs.configio import config_from_toml
+
+    mark = raw.get("speechbs") or (raw.get("extra_state") or {}).get("speechbs") or {}
+    text = mark.get("config_toml") if isinstance(mark, dict) else None
+    if not isinstance(text, str):
+        return arch
+    try:
+        saved = config_from_toml(text, source="the speechbs config inside the checkpoint").model
+    except ConfigError:
+        return arch
+    if saved.name != family:
+        return arch
+    return replace(arch, **{n: getattr(saved.arch, n) for n in fm.NOT_IN_FAIRSEQ[family] if hasattr(saved.arch, n)})
 
 
 def _sections(raw: Any) -> tuple | None:
@@ -169,7 +189,7 @@ def _cluster_rows(symbols: list[str] | None, num_rows: int, where: str) -> list[
     return [index[str(c)] for c in range(len(clusters))]
 
 
-def _read_ctc(path: Path, source: str, model: dict, task: dict, state: dict, step: Any) -> Foreign:
+def _read_ctc(path: Path, source: str, model: dict, task: dict, state: dict, step: Any, raw: dict) -> Foreign:
     """A fairseq ``Wav2VecCtc`` as a speechbs CTC checkpoint (encoder, head and letter vocabulary)."""
     inner = model.get("w2v_args")
     if not isinstance(inner, dict):
@@ -194,6 +214,7 @@ def _read_ctc(path: Path, source: str, model: dict, task: dict, state: dict, ste
     speechbs_state = {f"encoder.{k}": v for k, v in enc_state.items()}
     speechbs_state.update({"head.weight": head["weight"], "head.bias": head["bias"], "vocab_utf8": vocab.to_tensor()})
     cfg = _speechbs_config("wav2vec2", arch, {**inner_task, **task})
+    cfg = replace(cfg, model=replace(cfg.model, arch=_with_provenance("wav2vec2", arch, raw)))
     ft = {target: model[key] for key, target in FINETUNE_FIELDS.items() if model.get(key) is not None}
     cfg = replace(cfg, finetune=replace(cfg.finetune, **ft))
     return _finish(path, source, cfg, speechbs_state, step, "wav2vec2", prefix="encoder.")
@@ -374,7 +395,8 @@ def _pretrained_contents(parts: dict, folder: str, step: Any, provenance: dict) 
         model_class = "fairseq HubertModel"
         task_state = {"dictionaries": [parts["symbols"]]}  # the model reads len() of each
     cfg = {**_common_cfg(), "model": parts["model_cfg"], "task": task, "criterion": parts["criterion_cfg"]}
-    return _fairseq_file(cfg, parts["state"], parts["criterion_cfg"]["_name"], step, task_state, provenance), model_class
+    contents = _fairseq_file(cfg, parts["state"], parts["criterion_cfg"]["_name"], step, task_state, provenance)
+    return contents, model_class
 
 
 def _ctc_contents(saved: Any, parts: dict, folder: str, step: Any, provenance: dict) -> tuple[dict, str]:

@@ -36,12 +36,13 @@ def encoder_view(saved: Any) -> Any:
 
 
 def export_s3prl(saved: Any, out: str | Path, *, force: bool = False) -> Written:
-    """Write the already-read speechbs checkpoint ``saved`` as the ``.pt`` s3prl's local upstream of its family loads."""
+    """Write the already-read speechbs checkpoint ``saved`` as the ``.pt`` its family's s3prl local upstream loads."""
     out = check_out_file(Path(out), force)
     ctc = "vocab_utf8" in saved.checkpoint["model"]
     parts = fairseq_parts(encoder_view(saved))
     family = parts["family"]
-    provenance = {"speechbs": {"checkpoint": str(saved.path), "step": saved.checkpoint.get("step")}}
+    provenance = {"speechbs": {"checkpoint": str(saved.path), "step": saved.checkpoint.get("step"),
+                               "config_toml": saved.checkpoint.get("config_toml")}}
     if family == "wavlm":
         contents = {"cfg": {**parts["model_cfg"], "normalize": parts["task_cfg"]["normalize"]},
                     "model": parts["state"], "speechbs_heads": parts["heads"], **provenance}
