@@ -19,8 +19,8 @@ A ``best.pt`` the index does not record (copied in by hand) is ignored; pass the
 Checkpoints are read with ``torch.load(weights_only=True)`` (``speechbs.checkpoint``): no code
 in them runs. A file that is not speechbs's but fairseq's (``Wav2Vec2Model``, ``HubertModel``,
 ``Wav2VecCtc``), the WavLM repository's or s3prl's is read as the speechbs checkpoint it amounts
-to (:func:`speechbs.interop.fairseq.read_foreign`, which runs no code of the file either), so every
-command that takes a checkpoint takes those too (docs/interop.md).
+to (:func:`speechbs.interop.fairseq_read.read_foreign`, which runs no code of the file either), so
+every command that takes a checkpoint takes those too (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def read_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     except DataError as exc:  # maybe a foreign checkpoint that names classes of its toolkit
         ckpt, refused = None, exc
     if ckpt is None or "config_toml" not in ckpt:
-        from speechbs.interop.fairseq import read_foreign
+        from speechbs.interop.fairseq_read import read_foreign
 
         foreign = read_foreign(found, ckpt) if ckpt is not None or _is_torch_file(found) else None
         if foreign is not None:

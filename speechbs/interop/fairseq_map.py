@@ -63,6 +63,18 @@ CTC_PREFIX = ("w2v_encoder.w2v_model.", "encoder.")
 """fairseq ``Wav2VecCtc``'s encoder prefix and speechbs ``CTCModel``'s."""
 CTC_HEAD = ("w2v_encoder.proj.", "head.")
 """fairseq ``Wav2VecCtc``'s letter projection and speechbs ``CTCModel``'s."""
+CTC_OVERRIDES = {"dropout": "dropout", "attention_dropout": "attention_dropout",
+                 "activation_dropout": "activation_dropout", "dropout_input": "dropout_input",
+                 "mask_prob": "mask_prob", "mask_length": "mask_length", "mask_channel_prob": "mask_channel_prob",
+                 "mask_channel_length": "mask_channel_length", "layerdrop": "encoder_layerdrop",
+                 "feature_grad_mult": "feature_grad_mult"}
+"""fairseq ``Wav2Vec2AsrConfig`` field -> the encoder field it replaces when fine-tuning (``Wav2VecEncoder``)."""
+FINETUNE_FIELDS = {"final_dropout": "final_dropout", "mask_prob": "mask_prob", "mask_length": "mask_length",
+                   "mask_channel_prob": "mask_channel_prob", "mask_channel_length": "mask_channel_length",
+                   "layerdrop": "layerdrop", "dropout": "dropout", "attention_dropout": "attention_dropout",
+                   "activation_dropout": "activation_dropout", "dropout_input": "dropout_input",
+                   "freeze_finetune_updates": "freeze_steps"}
+"""fairseq ``Wav2Vec2AsrConfig`` field -> speechbs ``[finetune]`` field."""
 HEAD_NAMES = {"wav2vec2": ("quantizer", "project_q", "final_proj"), "hubert": ("final_proj", "label_embs"),
               "wavlm": ("final_proj", "label_embs")}
 """speechbs's pretraining heads per family (top-level names)."""

@@ -39,7 +39,8 @@ def test_the_export_has_the_format_s3prl_loads(tmp_path, family):
     assert KEYS[family] <= set(contents)
     fairseq = torch.load(export_fairseq(saved, tmp_path / "fairseq.pt").out, weights_only=True)
     weights = contents["model"] if family == "wavlm" else contents["model_weight"]
-    assert set(weights) == set(fairseq["model"]) and all(torch.equal(v, fairseq["model"][k]) for k, v in weights.items())
+    assert set(weights) == set(fairseq["model"])
+    assert all(torch.equal(v, fairseq["model"][k]) for k, v in weights.items())
     if family == "hubert":
         assert contents["dictionaries_symbols"] == [["<s>", "<pad>", "</s>", "<unk>"] + [str(c) for c in range(10)]]
         assert weights["label_embs_concat"].shape[0] == 14
@@ -70,7 +71,7 @@ def _expert(family: str):
 
 
 @pytest.mark.parametrize("family, layout", [("wav2vec2", "base"), ("wav2vec2", "large"), ("hubert", "base"),
-                                            ("wavlm", "base")])
+                                            ("hubert", "large"), ("wavlm", "base"), ("wavlm", "large")])
 def test_s3prl_upstream_loads_the_export_and_gives_the_same_hidden_states(tmp_path, family, layout):
     expert = _expert(family)
     run, model, _cfg = pretrained(tmp_path, family, *(STABLE if layout == "large" else ()))
