@@ -23,7 +23,8 @@ from speechbs.asr.ctc import ctc_model_of, greedy_ids
 from speechbs.errors import ConfigError, DataError
 from speechbs.interop import fairseq_map as fm
 from speechbs.interop.fairseq import export_fairseq
-from speechbs.interop.pickles import load_foreign, plain
+from speechbs.interop.fairseq_read import read_foreign
+from speechbs.interop.pickles import load_foreign, plain, resolve_interpolations
 from speechbs.models.hubert import cluster_logits
 from speechbs.pretrained import encoder_of, read_checkpoint
 from tests.interop.tiny import FAMILIES, STABLE, ctc_checkpoint, encode, pretrained, wav
@@ -164,6 +165,31 @@ def test_pickled_omegaconf_and_namespace_configs_read_as_plain_dicts():
     raw = load_foreign(FIXTURES / "pickled_configs.pt")
     assert plain(raw["cfg_omegaconf"]) == raw["cfg_plain"]
     assert plain(raw["args_namespace"]) == raw["args_plain"]
+
+
+class _RunsCode:
+    """What a malicious pickle does: ask the unpickler to call ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_would_run_code_reads_as_inert_records(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"model": {"w": torch.ones(2)}, "cfg": {"hook": _RunsCode(marker)}}, tmp_path / "evil.pt")
+    raw = load_foreign(tmp_path / "evil.pt")
+    assert not marker.exists() and torch.equal(raw["model"]["w"], torch.ones(2))
+    assert raw["cfg"]["hook"].global_name in ("posix.system", "nt.system", "os.system")
+    assert read_foreign(tmp_path / "evil.pt") is None and not marker.exists()  # no checkpoint it knows
+
+
+def test_omegaconf_interpolations_resolve_against_the_whole_config():
+    cfg = {"task": {"label_rate": 50.0}, "model": {"label_rate": "${task.label_rate}", "x": "${nope.y}"}}
+    out = resolve_interpolations(cfg)
+    assert out["model"] == {"label_rate": 50.0, "x": "${nope.y}"}
 
 
 def test_an_args_only_checkpoint_reads_like_its_cfg_twin(tmp_path):
