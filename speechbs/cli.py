@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "targets": ("speechbs.targets.command", "MFCC or layer features, k-means and cluster label files for HuBERT/WavLM"),
     "config": ("speechbs.config_cmd", "print a resolved config with units and docs"),
     "sweep": ("speechbs.sweep.command", "pretrain, fine-tune, decode and score a grid of batch sizes"),
-    "export": ("speechbs.export", "write a checkpoint as a Hugging Face transformers directory (--to hf)"),
+    "export": ("speechbs.export", "write a checkpoint for Hugging Face, fairseq or s3prl (--to hf|fairseq|s3prl)"),
     "noise": ("speechbs.noise", "gradient noise of a checkpoint at several batch sizes, at a fixed model state"),
     "probe": ("speechbs.probe.command", "frozen-feature probes (speaker, keyword, ...): layer weights + a small head"),
     "advise": ("speechbs.advise.command", "measure a recipe's early noise scale and recommend a batch for your devices"),

@@ -17,7 +17,10 @@ fall back to the latest step: decoding another model than the selected one would
 A ``best.pt`` the index does not record (copied in by hand) is ignored; pass the file itself.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (``speechbs.checkpoint``): no code
-in them runs.
+in them runs. A file that is not speechbs's but fairseq's (``Wav2Vec2Model``, ``HubertModel``,
+``Wav2VecCtc``), the WavLM repository's or s3prl's is read as the speechbs checkpoint it amounts
+to (:func:`speechbs.interop.fairseq_read.read_foreign`, which runs no code of the file either), so
+every command that takes a checkpoint takes those too (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -72,11 +75,37 @@ def read_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     from speechbs.configio import config_from_toml
 
     found = resolve_checkpoint(path)
-    ckpt = load_checkpoint(found)
+    try:
+        ckpt, refused = load_checkpoint(found), None
+    except DataError as exc:  # maybe a foreign checkpoint that names classes of its toolkit
+        ckpt, refused = None, exc
+    if ckpt is None or "config_toml" not in ckpt:
+        from speechbs.interop.fairseq_read import read_foreign
+
+        foreign = read_foreign(found, ckpt) if ckpt is not None or _is_torch_file(found) else None
+        if foreign is not None:
+            cfg = foreign.config
+            if overrides:
+                cfg = config_from_toml(foreign.checkpoint["config_toml"], source=f"config of {found}",
+                                       overrides=overrides)
+            return SavedModel(found, foreign.checkpoint, cfg)
+        if refused is not None:
+            raise refused
     if "config_toml" not in ckpt or "model" not in ckpt:
-        raise DataError(f"checkpoint {found} has no saved config or model weights; is it a speechbs checkpoint?")
+        raise DataError(f"checkpoint {found} has no saved config or model weights; is it a speechbs, fairseq, "
+                        f"WavLM or s3prl checkpoint?")
     cfg = config_from_toml(ckpt["config_toml"], source=f"config saved in {found}", overrides=overrides)
     return SavedModel(found, ckpt, cfg)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A zip archive (torch >= 1.6) or a pickle (older torch): worth reading as a foreign checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def build_model(model_cfg: Any) -> nn.Module:

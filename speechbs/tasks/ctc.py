@@ -84,14 +84,22 @@ def prepare_finetune(cfg: Config) -> tuple[Config, dict[str, torch.Tensor] | Non
 
 
 def _speechbs_encoder(path: str) -> tuple[str, str, Any, dict[str, torch.Tensor]]:
-    from speechbs.pretrained import load_encoder
+    """The encoder of a speechbs (or fairseq, WavLM, s3prl) checkpoint: a pretraining model's, or a
+    fine-tuned CTC model's (its letter head is left out, as from an HF ``...ForCTC`` directory)."""
+    from speechbs.asr.ctc import is_ctc_state
+    from speechbs.pretrained import encoder_of, read_checkpoint
 
+    saved = read_checkpoint(path)
+    state = saved.checkpoint["model"]
+    if is_ctc_state(state):
+        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        saved.checkpoint = {**saved.checkpoint, "model": encoder}
     try:
-        model, init_cfg = load_encoder(path)
-    except RuntimeError as exc:  # weights that do not fit the registry's model (e.g. a CTC checkpoint)
+        model = encoder_of(saved)
+    except RuntimeError as exc:  # weights that do not fit the registry's model
         raise ConfigError(f"finetune.init = {path!r} is not a pretrained encoder checkpoint: "
                           f"{str(exc).splitlines()[0]}") from None
-    return init_cfg.model.name, init_cfg.model.size, init_cfg.model.arch, model.state_dict()
+    return saved.config.model.name, saved.config.model.size, saved.config.model.arch, model.state_dict()
 
 
 def finetune_arch(arch: Any, ft: FinetuneConfig) -> Any:

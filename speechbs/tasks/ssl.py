@@ -200,12 +200,16 @@ def load_initial_weights(model: nn.Module, cfg: Config) -> str:
     init = cfg.train.init
     if not Path(init).exists():
         raise ConfigError(f"train.init = {init!r} does not exist; give a speechbs pretraining checkpoint file or "
-                          f"run directory, or a local Hugging Face model directory", key="train.init")
+                          f"run directory, a fairseq checkpoint (.pt), or a local Hugging Face model directory",
+                          key="train.init")
     if is_hf_dir(init):
         name, arch, state = load_hf_encoder(init, key="train.init")
     else:
         saved = read_checkpoint(init)
         name, arch, state = saved.config.model.name, saved.config.model.arch, saved.checkpoint["model"]
+        # A foreign checkpoint's missing heads were filled with placeholders: the run's seeded ones stay.
+        seeded = tuple(saved.checkpoint.get("seeded_heads") or ())
+        state = {k: v for k, v in state.items() if k.split(".")[0] not in seeded}
         if is_ctc_state(state):
             raise ConfigError(f"train.init = {init!r} is a fine-tuned CTC checkpoint ({saved.path}); continue "
                               f"pretraining from the pretraining run it was fine-tuned from", key="train.init")
@@ -224,7 +228,8 @@ def load_initial_weights(model: nn.Module, cfg: Config) -> str:
                           key="train.init")
     fresh = sorted({key.split(".")[0] for key in missing})
     kept = "every weight" if not fresh else f"the encoder; seeded initial weights for {', '.join(fresh)}"
-    why = " (transformers has no pretraining heads for this family)" if fresh and is_hf_dir(init) else ""
+    why = " (transformers has no pretraining heads for this family)" if fresh and is_hf_dir(init) else (
+        " (the WavLM repository's checkpoints have no pretraining heads)" if fresh and name == "wavlm" else "")
     return f"pretraining {cfg.model.name} from {init}: {kept}{why}"
 
 
