@@ -397,8 +397,9 @@ class TrainConfig:
 
     init: str = ""
     """Pretraining only: weights to start from instead of the seeded random ones, a speechbs checkpoint
-    file or run directory (every weight, heads included) or a local Hugging Face directory (never
-    downloaded; ``Wav2Vec2ForPreTraining`` keeps its quantizer and heads, HuBERT/WavLM and encoder-only
+    file or run directory (every weight, heads included), a fairseq / WavLM / s3prl checkpoint file
+    (heads included where the file has them), or a local Hugging Face directory (never downloaded;
+    ``Wav2Vec2ForPreTraining`` keeps its quantizer and heads, HuBERT/WavLM and encoder-only
     directories start with the seeded heads). The architecture must match ``[model]``; the optimizer,
     schedule and batch plan start fresh. Read by a new run only: a resumed run continues from its own
     checkpoint. Empty: the seeded random initialization."""
@@ -478,8 +479,10 @@ class FinetuneConfig:
     """
 
     init: str = ""
-    """Pretrained encoder: a speechbs checkpoint file or run directory, or a local Hugging Face model
-    directory (``config.json`` + weights; never downloaded). Empty: random initialization from ``[model]``."""
+    """Pretrained encoder: a speechbs checkpoint file or run directory (pretrained or fine-tuned), a
+    fairseq / WavLM / s3prl checkpoint file (pretrained, or fairseq's wav2vec 2.0 ``Wav2VecCtc``), or a
+    local Hugging Face model directory (``config.json`` + weights; never downloaded). Empty: random
+    initialization from ``[model]``."""
 
     vocab: str = ""
     """fairseq letter dictionary (``dict.ltr.txt``: ``SYMBOL COUNT`` lines); empty: built from the training labels."""
