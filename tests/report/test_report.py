@@ -180,3 +180,29 @@ def test_rows_of_a_branch_abandoned_by_a_restart_do_not_count(tmp_path):
     assert [step for step, _, _ in row.curve] == list(range(1, 16)) and row.steps == 15
     assert all(loss == -1.0 for step, _, loss in row.curve if step > 8)
     assert row.valid_loss is None  # the valid row of step 20 belonged to the abandoned branch
+
+
+def test_a_schedule_column_says_how_each_batch_moved(tmp_path):
+    root = tmp_path / "sweep"
+    write_point(root, "bs60s-constant", 60.0, wer=40.0)
+    ramp = write_point(root, "bs60s-ramp", 60.0, wer=38.0)
+    adaptive = write_point(root, "bs60s-adaptive", 60.0, wer=39.0)
+    config = ramp / "config.toml"
+    config.write_text(config.read_text().replace("seconds = 60.0\n", 'seconds = 60.0\nschedule = "ramp"\n'
+                                                 "[batch.ramp]\nstart_seconds = 15.0\nsteps = 50\n"))
+    config = adaptive / "config.toml"
+    config.write_text(config.read_text().replace("seconds = 60.0\n", 'seconds = 60.0\nschedule = "adaptive"\n'))
+    rows = (adaptive / "metrics.jsonl").read_text().splitlines()
+    targets = [60.0] * 10 + [15.0] * 5 + [45.0] * 5
+    patched = [json.dumps({**json.loads(line), "batch_target_s": targets[i]}) for i, line in enumerate(rows[:20])]
+    (adaptive / "metrics.jsonl").write_text("\n".join(patched + rows[20:]) + "\n")
+    table = markdown(collect([root]))
+    assert "| batch schedule |" in table.splitlines()[0]
+    lines = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| bs60s")}
+    assert "| constant |" in lines["bs60s-constant"] and "| ramp 15->60 s / 50 steps |" in lines["bs60s-ramp"]
+    assert "| adaptive 60->45 s |" in lines["bs60s-adaptive"]
+    by_run = {r["run"]: r for r in csv.DictReader(io.StringIO(to_csv(collect([root]))))}
+    assert by_run["bs60s-ramp"]["schedule"] == "ramp 15->60 s / 50 steps" and by_run["bs60s-ramp"]["batch_s"] == "60"
+    # Without a moving batch there is no schedule column.
+    write_point(tmp_path / "constant", "bs60s", 60.0, wer=40.0)
+    assert "batch schedule" not in markdown(collect([tmp_path / "constant"])).splitlines()[0]
