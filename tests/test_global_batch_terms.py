@@ -116,7 +116,7 @@ def _wavlm_run(scope: str, split: list[list[int]], mix_prob: float = 0.5) -> dic
     torch.manual_seed(0)
     model = wavlm.WavLMModel(wavlm_config.tiny(**QUIET, label_rate_hz=50.0, num_clusters=8, mix_prob=mix_prob,
                                         mix_scope=scope)).double().train()
-    batch = GlobalBatch(0, 3, tuple(Segment(r, 0, n) for r, n in enumerate(LENGTHS)), sum(LENGTHS), 0)
+    batch = GlobalBatch(0, 3, 1, 1.0, tuple(Segment(r, 0, n) for r, n in enumerate(LENGTHS)), sum(LENGTHS), 0)
     chosen = PartnerDraw(probability=0.5, seed=7).choose(batch)
     assert 2 <= len(chosen) <= 5  # some rows mixed, some not: both kinds are checked
     micro_batches = [(*_with_partners(rows, chosen), rows) for rows in split]
