@@ -3,10 +3,11 @@
 1. builds the built-in synthetic corpus when it is missing (a no-op when it is there);
 2. runs the sweep ``recipes/sweeps/demo.toml``: a tiny wav2vec 2.0 pretrained at three
    batch sizes on the same hours of audio (the fair budget), each fine-tuned with CTC on
-   the corpus's labeled train split, decoded and scored on its test split, and the 30 s
+   the corpus's labeled train split, decoded and scored on its test split, each point's
+   frozen encoder probed for its voice family (male / female / Klatt, ``speechbs probe``), and the 30 s
    point's final checkpoint measured for gradient noise at three batch sizes;
 3. prints the report table (batch, peak LR, steps, hours seen, losses, gradient noise,
-   WER/CER) and where the plots are.
+   WER/CER, probe accuracy) and where the plots are.
 
 Started again, it reuses the corpus and every finished stage. Stages this install
 cannot run (e.g. no ``speechbs finetune``) are reported as such, and the table
@@ -78,7 +79,7 @@ def _manifest_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _point_tests_at(plan: SweepPlan, manifest_dir: Path) -> None:
-    """Fine-tuning and test manifests from --manifest-dir, by split name."""
+    """Fine-tuning, test, noise and probe manifests from --manifest-dir, by split name."""
     if manifest_dir == Path(DEFAULT_MANIFEST_DIR):
         return
     for spec in plan.cfg.finetune:
@@ -88,6 +89,10 @@ def _point_tests_at(plan: SweepPlan, manifest_dir: Path) -> None:
         test.manifest = str(manifest_dir / f"{Path(test.manifest).stem}.tsv")
     for noise in plan.cfg.noise:
         noise.manifest = str(manifest_dir / f"{Path(noise.manifest).stem}.tsv")
+    for probe in plan.cfg.probe:
+        for field in ("train_manifest", "valid_manifest", "test_manifest"):
+            if getattr(probe, field):
+                setattr(probe, field, str(manifest_dir / f"{Path(getattr(probe, field)).stem}.tsv"))
 
 
 def main(args: argparse.Namespace) -> int:
