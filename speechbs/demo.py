@@ -41,8 +41,12 @@ online values at the end of its run: equal hours seen, but different models, so 
 show what the batch alone does. grad_noise_fixed_state.png does: the 30 s point's final
 checkpoint measured at 15, 30 and 60 s (speechbs noise). There the std falls about 1/sqrt(2)
 per doubling (less where batches from different length buckets differ in mean gradient,
-docs/lab.md), and a B_simple below a batch says that batch is past what this model can use. The seed study's effects need BASE models and LibriSpeech (recipes/librispeech/);
-this corpus is for plumbing and relative comparisons (docs/corpus.md)."""
+docs/lab.md), and a B_simple below a batch says that batch is past what this model can use.
+The probe column is each frozen encoder's voice-family accuracy (male / female / Klatt) on test's
+three unheard voices, chance 39.4%: one of those voices alone moved it by 14 points between two
+encoders, so it shows a probe at work, not a ranking (docs/probes.md). The seed study's effects
+need BASE models and LibriSpeech (recipes/librispeech/); this corpus is for plumbing and relative
+comparisons (docs/corpus.md)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

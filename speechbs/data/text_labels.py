@@ -81,7 +81,8 @@ def derive(rule: TextRule, transcripts: list[str | None], names: list[str], wher
     for name, text in zip(names, transcripts):
         label = None if text is None else rule.label(text)
         if label is None:
-            why = "has no transcript" if text is None else f"has only {len(text.split())} words"
+            num_words = 0 if text is None else len(text.split())
+            why = "has no transcript" if text is None else f"has only {num_words} word{'s' * (num_words != 1)}"
             raise DataError(f"{where}: {name} {why}, so the {rule.kind} rule of --label-from-text gives it "
                             f"no label; every written utterance needs one (drop it or choose another rule)")
         labels.append(label)

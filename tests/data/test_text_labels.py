@@ -39,7 +39,7 @@ def test_malformed_rules_are_one_line_errors(spec: str) -> None:
 
 
 def test_an_utterance_the_rule_cannot_label_is_named() -> None:
-    with pytest.raises(DataError, match="b.wav has only 1 words"):
+    with pytest.raises(DataError, match="b.wav has only 1 word,"):
         derive(parse_rule("word=2:x"), ["A B", "C"], ["a.wav", "b.wav"], "src")
     with pytest.raises(DataError, match="a.wav has no transcript"):
         derive(parse_rule("has=A:x"), [None], ["a.wav"], "src")
