@@ -76,10 +76,11 @@ def main(args: argparse.Namespace) -> int:
     check_fraction(args.valid_percent)
     label_columns = _label_columns(args.label_column, args.split_file)
     text_rules = [parse_rule(spec) for spec in args.label_from_text]
-    exts = [ext for _, ext in label_columns] + [rule.ext for rule in text_rules]
-    if len(set(exts)) != len(exts):
-        raise DataError(f"--label-column / --label-from-text name the extension "
-                        f"{next(e for e in exts if exts.count(e) > 1)!r} twice; give each label file its own")
+    label_exts = [ext for _, ext in label_columns] + [rule.ext for rule in text_rules]
+    if len(set(label_exts)) != len(label_exts):
+        twice = next(ext for ext in label_exts if label_exts.count(ext) > 1)
+        raise DataError(f"--label-column / --label-from-text name the extension {twice!r} twice; "
+                        f"give each label file its own")
     out_dir = output_dir(Path(args.out) if args.out else Path("manifests") / Path(args.source).resolve().name,
                          "--out", create=False)
     exts = tuple(e.strip().lstrip(".") for e in args.ext.split(",") if e.strip())
