@@ -3,10 +3,11 @@
 1. builds the built-in synthetic corpus when it is missing (a no-op when it is there);
 2. runs the sweep ``recipes/sweeps/demo.toml``: a tiny wav2vec 2.0 pretrained at three
    batch sizes on the same hours of audio (the fair budget), each fine-tuned with CTC on
-   the corpus's labeled train split, decoded and scored on its test split, and the 30 s
+   the corpus's labeled train split, decoded and scored on its test split, each point's
+   frozen encoder probed for its voice family (male / female / Klatt, ``speechbs probe``), and the 30 s
    point's final checkpoint measured for gradient noise at three batch sizes;
 3. prints the report table (batch, peak LR, steps, hours seen, losses, gradient noise,
-   WER/CER) and where the plots are.
+   WER/CER, probe accuracy) and where the plots are.
 
 Started again, it reuses the corpus and every finished stage. Stages this install
 cannot run (e.g. no ``speechbs finetune``) are reported as such, and the table
@@ -40,8 +41,12 @@ online values at the end of its run: equal hours seen, but different models, so 
 show what the batch alone does. grad_noise_fixed_state.png does: the 30 s point's final
 checkpoint measured at 15, 30 and 60 s (speechbs noise). There the std falls about 1/sqrt(2)
 per doubling (less where batches from different length buckets differ in mean gradient,
-docs/lab.md), and a B_simple below a batch says that batch is past what this model can use. The seed study's effects need BASE models and LibriSpeech (recipes/librispeech/);
-this corpus is for plumbing and relative comparisons (docs/corpus.md)."""
+docs/lab.md), and a B_simple below a batch says that batch is past what this model can use.
+The probe column is each frozen encoder's voice-family accuracy (male / female / Klatt) on test's
+three unheard voices, chance 39.4%: one of those voices alone moved it by 14 points between two
+encoders, so it shows a probe at work, not a ranking (docs/probes.md). The seed study's effects
+need BASE models and LibriSpeech (recipes/librispeech/); this corpus is for plumbing and relative
+comparisons (docs/corpus.md)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +83,7 @@ def _manifest_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _point_tests_at(plan: SweepPlan, manifest_dir: Path) -> None:
-    """Fine-tuning and test manifests from --manifest-dir, by split name."""
+    """Fine-tuning, test, noise and probe manifests from --manifest-dir, by split name."""
     if manifest_dir == Path(DEFAULT_MANIFEST_DIR):
         return
     for spec in plan.cfg.finetune:
@@ -88,6 +93,10 @@ def _point_tests_at(plan: SweepPlan, manifest_dir: Path) -> None:
         test.manifest = str(manifest_dir / f"{Path(test.manifest).stem}.tsv")
     for noise in plan.cfg.noise:
         noise.manifest = str(manifest_dir / f"{Path(noise.manifest).stem}.tsv")
+    for probe in plan.cfg.probe:
+        for field in ("train_manifest", "valid_manifest", "test_manifest"):
+            if getattr(probe, field):
+                setattr(probe, field, str(manifest_dir / f"{Path(getattr(probe, field)).stem}.tsv"))
 
 
 def main(args: argparse.Namespace) -> int:

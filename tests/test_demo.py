@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ def test_demo_sweep_is_at_least_three_batch_sizes_at_equal_hours():
     assert [t.name for t in plan.cfg.test] == ["test"] and plan.cfg.finetune[0].name == "train"
 
 
+def test_demo_probes_a_corpus_label_file():
+    """The demo shows a probe, from a label file `speechbs corpus` writes (voice family: every split has each)."""
+    from speechbs.data.corpus import DEFAULT_MANIFEST_DIR, PROBE_LABELS
+
+    [probe] = plan_sweep(demo.DEMO_RECIPE).cfg.probe
+    assert probe.label in PROBE_LABELS and probe.head == "linear" and probe.epochs <= 50
+    manifests = [probe.train_manifest, probe.valid_manifest, probe.test_manifest]
+    assert [Path(m) for m in manifests] == [Path(DEFAULT_MANIFEST_DIR) / f"{s}.tsv" for s in ("train", "valid", "test")]
+
+
 def test_demo_runs_sweep_and_prints_report(tmp_path, monkeypatch, capsys):
     calls = tmp_path / "calls.log"
     calls.write_text("")
@@ -42,9 +53,10 @@ def test_demo_runs_sweep_and_prints_report(tmp_path, monkeypatch, capsys):
     assert cli_main(["demo", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "WER train/test" in text and "| bs15s |" in text and "| bs60s |" in text
-    assert all((out / "report" / name).is_file() for name in PLOT_NAMES)
-    # pretrain, finetune, decode, score per point, and the fixed-state noise of the 30 s point
-    assert len(calls.read_text().splitlines()) == 4 * 3 + 1
+    assert "probe family acc %" in text
+    assert all((out / "report" / name).is_file() for name in (*PLOT_NAMES, "probe_vs_batch.png"))
+    # pretrain, finetune, decode, score and the family probe per point, and the fixed-state noise of the 30 s point
+    assert len(calls.read_text().splitlines()) == 5 * 3 + 1
 
 
 def test_demo_reads_the_corpus_from_manifest_dir(tmp_path, monkeypatch, capsys):
@@ -65,3 +77,6 @@ def test_demo_reads_the_corpus_from_manifest_dir(tmp_path, monkeypatch, capsys):
     status = (out / "sweep.json").read_text()
     assert f"data.train_manifest=\\\"{manifests / 'train.tsv'}\\\"" in status
     assert str(manifests / "test.tsv") in status and "manifests/builtin" not in status
+    probes = [stage["argv"] for point in json.loads(status)["points"] for stage in point["stages"]
+              if stage["kind"] == "probe"]
+    assert probes and all(str(manifests / "valid.tsv") in argv for argv in probes)  # the probe reads them too

@@ -10,7 +10,8 @@ Splits hold out voices: every speaker is an (accent, voice variant) pair, and
 the valid and test splits use variants (timbres) never heard in train, with the
 same accents. Every utterance's settings are a pure function of
 (seed, split, index), so the output is byte-identical for a seed whatever the
-number of worker processes.
+number of worker processes. Beside each manifest go probe label files read from
+the file names (``.accent``, ``.family``): the voice properties every split shares.
 
 Array legend: wav_T = samples over time.
 """
@@ -36,7 +37,7 @@ import soundfile as sf
 from speechbs.atomic import write_text
 from speechbs.data import espeak, texts
 from speechbs.data.audio import resample
-from speechbs.data.manifest import Manifest, write_labels, write_manifest
+from speechbs.data.manifest import Manifest, label_path, read_manifest, write_labels, write_manifest
 from speechbs.errors import DataError, SpeechbsError
 
 SAMPLE_RATE_HZ = 16_000
@@ -57,6 +58,8 @@ VARIANTS = {  # "" is the accent's own voice; others are eSpeak NG's voices/!v f
 }
 SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
 MAX_SECONDS = 15.0
+PROBE_LABELS = ("accent", "family")
+"""Label files written beside each manifest for ``speechbs probe`` (docs/probes.md)."""
 
 
 @dataclass(frozen=True)
@@ -135,13 +138,45 @@ def render(spec: UtteranceSpec) -> tuple[bytes, int]:
     return buffer.getvalue(), len(pcm_T)
 
 
+def voice_labels(rel_path: str) -> dict[str, str]:
+    """``train/000012_en-us_m3.flac`` -> ``{"accent": "en-us", "family": "male"}``.
+
+    Only properties that every split holds are labels: valid and test use voice variants
+    train never has, so a speaker (accent + variant) of the test split is never a training
+    class. The family is the variant's kind: eSpeak NG's male (m1-m8, and each accent's own
+    voice, which is male) or female (f1-f5) variant files, or the Klatt synthesizer (klatt*).
+    """
+    name = Path(rel_path).stem.partition("_")[2]
+    accent, _, variant = name.rpartition("_")
+    known = {v or "default" for split in VARIANTS.values() for v in split}
+    if accent not in ACCENTS or variant not in known:
+        raise DataError(f"{rel_path} is not named like a built-in corpus file "
+                        f"(<index>_<accent>_<variant>.flac); its labels cannot be read from the name")
+    family = "klatt" if variant.startswith("klatt") else "female" if variant.startswith("f") else "male"
+    return {"accent": accent, "family": family}
+
+
+def write_probe_labels(tsv: Path) -> list[Path]:
+    """Write (or refresh) the manifest's ``.accent`` and ``.family`` files, read from its file names.
+
+    A pure function of the manifest, so a corpus built before these files existed gains them on
+    the next ``speechbs corpus`` without being synthesized again.
+    """
+    rows = [voice_labels(path) for path in read_manifest(tsv).paths]
+    for ext in PROBE_LABELS:
+        text = "".join(f"{row[ext]}\n" for row in rows)
+        if not label_path(tsv, ext).is_file() or label_path(tsv, ext).read_text(encoding="utf-8") != text:
+            write_text(label_path(tsv, ext), text)
+    return [label_path(tsv, ext) for ext in PROBE_LABELS]
+
+
 @dataclass
 class CorpusSummary:
     """What is on disk, read from the metadata JSON in the audio dir."""
 
     audio_dir: Path
     manifests: dict[str, Path]
-    """Split name -> .tsv path (its .ltr, .wrd and .rates sit beside it)."""
+    """Split name -> .tsv path (its .ltr, .wrd, .rates, .accent and .family sit beside it)."""
     metadata: dict
     built_now: bool
     """False when the corpus was already built with the same settings (a no-op)."""
@@ -169,6 +204,8 @@ def build_corpus(audio_dir: str | Path = DEFAULT_AUDIO_DIR,
     settings = _settings(minutes, seed, snr_db)
     existing = _check_existing(audio_dir, manifest_dir, settings, force)
     if existing is not None:
+        for tsv in _manifest_paths(manifest_dir).values():
+            write_probe_labels(tsv)  # label files are newer than some corpora; the audio is not touched
         return CorpusSummary(audio_dir, _manifest_paths(manifest_dir), existing, built_now=False)
     reason = espeak.unavailable_reason()
     if reason is not None:
@@ -271,6 +308,7 @@ def _build_split(split: str, target_s: float, settings: dict, map_fn: Callable,
     write_manifest(Manifest(audio_dir, paths, np.asarray(counts),
                             np.full(len(paths), SAMPLE_RATE_HZ)), tsv)
     write_labels(transcripts, tsv)
+    write_probe_labels(tsv)
     seconds = np.asarray(counts) / SAMPLE_RATE_HZ
     return {"num_utterances": len(paths), "minutes": round(total_s / 60, 3),
             "num_speakers": len(speaker_names), "variants": list(VARIANTS[split]),
@@ -342,7 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: clean")
     parser.add_argument("--audio-dir", default=DEFAULT_AUDIO_DIR, help="where the FLAC files go")
     parser.add_argument("--manifest-dir", default=DEFAULT_MANIFEST_DIR,
-                        help="where {train,valid,test}.{tsv,rates,ltr,wrd} go")
+                        help="where {train,valid,test}.{tsv,rates,ltr,wrd,accent,family} go")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="worker processes (the output does not depend on it)")
     parser.add_argument("--force", action="store_true",

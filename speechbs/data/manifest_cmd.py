@@ -21,6 +21,7 @@ from speechbs.data.audio import AudioInfo, read_infos
 from speechbs.data.manifest import Manifest, label_path, write_labels, write_manifest
 from speechbs.data.sources import (DEFAULT_EXTS, KINDS, Collected, check_fraction, collect, match_by_id,
                                    normalize_transcript, read_split_table, split_by_fraction)
+from speechbs.data.text_labels import RESERVED_EXTS, TextRule, derive, parse_rule
 from speechbs.data.validate import (ALWAYS_RULES, DEFAULT_VOCAB, ValidationReport, read_vocab,
                                     validate_manifest)
 from speechbs.errors import DataError
@@ -48,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-column", action="append", default=[], metavar="COLUMN:EXT",
                         help="also write a label file per split from a column of --split-file, e.g. "
                              "speaker:spk writes train.spk (one label per line; for `speechbs probe --label spk`)")
+    parser.add_argument("--label-from-text", action="append", default=[], metavar="RULE:EXT",
+                        help="also write a label file per split derived from each transcript: word=N (the N-th "
+                             "word), count=WORD, has=WORD, most=WORD,WORD (the one said most; tie/none), e.g. "
+                             "most=YES,NO:most writes train.most (docs/probes.md)")
     parser.add_argument("--check", action="store_true",
                         help="apply all validation rules while building (as `speechbs validate`)")
     parser.add_argument("--strict", action="store_true",
@@ -70,6 +75,12 @@ def main(args: argparse.Namespace) -> int:
         raise DataError("give either --valid-percent or --split-file, not both")
     check_fraction(args.valid_percent)
     label_columns = _label_columns(args.label_column, args.split_file)
+    text_rules = [parse_rule(spec) for spec in args.label_from_text]
+    label_exts = [ext for _, ext in label_columns] + [rule.ext for rule in text_rules]
+    if len(set(label_exts)) != len(label_exts):
+        twice = next(ext for ext in label_exts if label_exts.count(ext) > 1)
+        raise DataError(f"--label-column / --label-from-text name the extension {twice!r} twice; "
+                        f"give each label file its own")
     out_dir = output_dir(Path(args.out) if args.out else Path("manifests") / Path(args.source).resolve().name,
                          "--out", create=False)
     exts = tuple(e.strip().lstrip(".") for e in args.ext.split(",") if e.strip())
@@ -90,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     splits = _splits(args, collected, report)
     columns = {ext: _column_values(args.split_file, column, collected, splits) for column, ext in label_columns}
+    columns.update({rule.ext: _text_values(rule, words, args.source, collected, splits) for rule in text_rules})
     output_dir(out_dir)
     for name, indices in splits.items():
         tsv = out_dir / f"{name}.tsv"
@@ -106,7 +118,7 @@ def _label_columns(specs: list[str], split_file: str | None) -> list[tuple[str, 
     pairs = []
     for spec in specs:
         column, _, ext = spec.partition(":")
-        if not column or not ext or "/" in ext or ext in ("tsv", "rates", "ltr", "wrd"):
+        if not column or not ext or "/" in ext or ext in RESERVED_EXTS:
             raise DataError(f"--label-column {spec!r}: give COLUMN:EXT, e.g. speaker:spk (EXT is the label "
                             f"file's extension, not tsv, rates, ltr or wrd)")
         pairs.append((column, ext))
@@ -124,6 +136,20 @@ def _column_values(table_path: str, column: str, collected: Collected, splits: d
             raise DataError(f"{table_path}: column {column!r} has no value for {missing[0]} "
                             f"({len(missing)} files); every written utterance needs a label")
     return [v or "" for v in values]
+
+
+def _text_values(rule: TextRule, words: list[str] | None, source: str, collected: Collected,
+                 splits: dict[str, list[int]]) -> list[str]:
+    """The rule's label for every written file (the others get none)."""
+    if words is None:
+        raise DataError(f"--label-from-text derives labels from transcripts, and {source} has none; give "
+                        f"--transcripts FILE (Kaldi 'utt_id TEXT' lines) or a source with transcripts")
+    values = [""] * len(collected.rel_paths)
+    written = sorted(i for indices in splits.values() for i in indices)
+    for i, label in zip(written, derive(rule, [words[i] or None for i in written],
+                                        [collected.rel_paths[i] for i in written], source)):
+        values[i] = label
+    return values
 
 
 def _manifest_from_headers(collected: Collected, infos: list[AudioInfo | DataError]) -> Manifest:

@@ -81,7 +81,10 @@ class FeatureCache:
         num_layers = extractor.spec.dim // int(extractor.model.cfg.embed_dim)
         dim = extractor.spec.dim // num_layers
         per_row: list[torch.Tensor] = [torch.empty(0)] * len(manifest)
-        for row, feats_TX in iter_features(manifest, extractor, num_workers=self.num_workers):
+        # Length-sorted batches pad little (a third less compute on the built-in corpus); the padding-aware
+        # encoder gives every row the same features in any batch, and rows are stored by index.
+        by_length = sorted(range(len(manifest)), key=lambda r: int(manifest.num_samples[r]))
+        for row, feats_TX in iter_features(manifest, extractor, rows=by_length, num_workers=self.num_workers):
             if len(feats_TX) == 0:
                 raise DataError(f"{manifest_path}: row {row + 1} ({manifest.paths[row]}) is shorter than one frame "
                                 f"of the encoder (400 samples); drop it with `speechbs validate`")

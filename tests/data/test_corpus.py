@@ -59,6 +59,40 @@ def test_valid_and_test_voices_are_held_out(tiny: corpus.CorpusSummary) -> None:
     assert variants("valid").isdisjoint(variants("test"))
 
 
+def test_probe_label_files_line_up_with_the_file_names(tiny: corpus.CorpusSummary) -> None:
+    for split, tsv in tiny.manifests.items():
+        manifest = read_manifest(tsv)
+        accents, families = read_labels(manifest, "accent"), read_labels(manifest, "family")
+        for path, accent, family in zip(manifest.paths, accents, families):
+            speaker = path.split("_", 1)[1].removesuffix(".flac")
+            assert speaker.startswith(accent + "_") and accent in corpus.ACCENTS
+            variant = speaker.rsplit("_", 1)[1]
+            assert family == {"d": "male", "m": "male", "f": "female", "k": "klatt"}[variant[0]]
+
+
+def test_voice_labels_read_the_name_and_refuse_other_names() -> None:
+    assert corpus.voice_labels("test/000003_en-gb-x-gbclan_klatt3.flac") == {"accent": "en-gb-x-gbclan",
+                                                                           "family": "klatt"}
+    assert corpus.voice_labels("train/000000_en-us_default.flac")["family"] == "male"
+    assert corpus.voice_labels("valid/000001_en-029_f2.flac") == {"accent": "en-029", "family": "female"}
+    with pytest.raises(DataError, match="not named like a built-in corpus file"):
+        corpus.voice_labels("train/000000_fr_m1.flac")
+
+
+def test_an_existing_corpus_gains_its_label_files_without_resynthesis(tiny: corpus.CorpusSummary) -> None:
+    tsv = tiny.manifests["test"]
+    expected = tsv.with_suffix(".accent").read_bytes()
+    for ext in corpus.PROBE_LABELS:  # a corpus built before the label files existed
+        for path in tsv.parent.glob(f"*.{ext}"):
+            path.unlink()
+    flac = next(tiny.audio_dir.rglob("*.flac"))
+    before = flac.stat().st_mtime_ns
+    again = corpus.build_corpus(tiny.audio_dir, tsv.parent, minutes=TINY_MINUTES, num_workers=1)
+    assert not again.built_now and flac.stat().st_mtime_ns == before
+    assert tsv.with_suffix(".accent").read_bytes() == expected
+    assert all(label.is_file() for t in again.manifests.values() for label in corpus.write_probe_labels(t))
+
+
 def test_metadata_records_settings_and_counts(tiny: corpus.CorpusSummary) -> None:
     meta = json.loads((tiny.audio_dir / corpus.METADATA_NAME).read_text())
     assert meta["complete"] and meta["settings"]["seed"] == 1
@@ -72,7 +106,7 @@ def files(summary: corpus.CorpusSummary) -> dict[str, bytes]:
     result = {str(p.relative_to(summary.audio_dir)): p.read_bytes()
               for p in sorted(summary.audio_dir.rglob("*.flac"))}
     for tsv in summary.manifests.values():
-        for ext in ("ltr", "wrd", "rates"):
+        for ext in ("ltr", "wrd", "rates", *corpus.PROBE_LABELS):
             result[tsv.with_suffix(f".{ext}").name] = tsv.with_suffix(f".{ext}").read_bytes()
         result[tsv.name] = b"\n".join(tsv.read_bytes().split(b"\n")[1:])
     return result

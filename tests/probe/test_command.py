@@ -144,3 +144,17 @@ def test_one_probe_loads_its_checkpoint_once_and_not_at_all_when_cached(corpus: 
     assert [cache.features(m).from_cache for m in manifests] == [False, False, False] and len(loads) == 1
     again = probe_features.FeatureCache(FIXTURES / "wav2vec2.pt", "utterance", corpus / "cache", num_workers=0)
     assert [again.features(m).from_cache for m in manifests] == [True, True, True] and len(loads) == 1
+
+
+def test_rows_get_their_own_features_in_length_sorted_batches(corpus: Path) -> None:
+    """Batches are cut from the rows sorted by length; each row's features are what it gets alone."""
+    from speechbs.data.manifest import read_manifest
+    from speechbs.targets.features import all_layers_extractor, iter_features
+
+    batched = layer_features(FIXTURES / "wav2vec2.pt", corpus / "train.tsv", "utterance", corpus / "cache",
+                             num_workers=0)
+    extractor, manifest = all_layers_extractor(FIXTURES / "wav2vec2.pt"), read_manifest(corpus / "train.tsv")
+    for row in (0, 5, 23):
+        [(_, feats_TX)] = list(iter_features(manifest, extractor, rows=[row], num_workers=0))
+        alone_LC = feats_TX.view(len(feats_TX), batched.num_layers, batched.dim).mean(dim=0)
+        assert torch.allclose(batched.per_row[row], alone_LC, atol=1e-5)
