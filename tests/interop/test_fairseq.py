@@ -144,6 +144,25 @@ def test_ctc_fixture_gives_fairseq_logits_and_transcripts(outputs):
     assert any(out[f"text{i}"] for i in (0, 3)), "fairseq wrote no letters: the text check would see nothing"
 
 
+def test_hubert_ctc_fixture_gives_fairseq_logits_and_transcripts(outputs):
+    saved = read_checkpoint(FIXTURES / "hubert_ctc.pt")  # fairseq's HubertCtc; dict.ltr.txt lies beside it
+    assert saved.config.model.name == "hubert" and saved.checkpoint["source_format"] == "fairseq"
+    assert saved.checkpoint["seeded_heads"] == ["final_proj"]  # HubertCtc keeps label_embs_concat, not final_proj
+    arch = saved.config.model.arch
+    assert (arch.conv_norm, arch.layer_norm_first, arch.num_clusters, saved.config.audio.normalize) == (
+        "layer", True, 10, True)
+    assert saved.config.finetune.final_dropout == 0.1 and arch.mask_prob == 0.3 and arch.feature_grad_mult == 0.0
+    model, out = ctc_model_of(saved), outputs["hubert_ctc"]
+    assert model.vocab.letters == ("|", "A", "B", "C", "D", "E")
+    for i in (0, 3):
+        wav_BT = out[f"wav{i}_BT"]  # already normalized, as fairseq's task hands it to the model
+        with torch.no_grad():
+            logits_BTV, frames_B = model(wav_BT, torch.tensor([wav_BT.shape[1]]))
+        assert _max_diff(logits_BTV, out[f"logits{i}_BTV"]) <= TOL
+        assert model.vocab.to_words(greedy_ids(logits_BTV, frames_B)[0]) == out[f"text{i}"]
+    assert any(out[f"text{i}"] for i in (0, 3)), "fairseq wrote no letters: the text check would see nothing"
+
+
 def test_fixtures_import_without_fairseq_or_omegaconf(tmp_path):
     """In a process where fairseq, omegaconf and hydra cannot be imported (as in CI)."""
     code = ("import sys\n"
@@ -152,7 +171,7 @@ def test_fixtures_import_without_fairseq_or_omegaconf(tmp_path):
             "        if name.split('.')[0] in ('fairseq', 'omegaconf', 'hydra'): raise ImportError(name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "from speechbs.pretrained import read_checkpoint\n"
-            f"for name in ('w2v2_pretrained', 'hubert_pretrained', 'w2v2_ctc', 'wavlm_unilm'):\n"
+            f"for name in ('w2v2_pretrained', 'hubert_pretrained', 'w2v2_ctc', 'hubert_ctc', 'wavlm_unilm'):\n"
             f"    read_checkpoint('{FIXTURES}/' + name + '.pt')\n"
             "print('fairseq' in sys.modules, 'omegaconf' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -226,7 +245,7 @@ def test_train_init_from_fairseq_keeps_the_pretraining_heads():
         assert (family != "wavlm") or "WavLM repository" in note
 
 
-@pytest.mark.parametrize("name", ["w2v2_pretrained", "hubert_pretrained", "w2v2_ctc", "wavlm_unilm"])
+@pytest.mark.parametrize("name", ["w2v2_pretrained", "hubert_pretrained", "w2v2_ctc", "hubert_ctc", "wavlm_unilm"])
 def test_finetune_init_reads_fairseq_checkpoints_pretrained_and_fine_tuned(name):
     from speechbs.configio import load_config
     from speechbs.tasks.ctc import prepare_finetune
@@ -235,7 +254,7 @@ def test_finetune_init_reads_fairseq_checkpoints_pretrained_and_fine_tuned(name)
     recipe = REPO / "recipes" / "finetune" / "tiny_digits.toml"
     cfg, state = prepare_finetune(load_config(recipe, [f"finetune.init={FIXTURES / name}.pt"]))
     assert cfg.model.arch.embed_dim == 48 and cfg.model.arch.feature_grad_mult == 0.0
-    prefix = "encoder." if name == "w2v2_ctc" else ""
+    prefix = "encoder." if name.endswith("_ctc") else ""
     for key in ("post_extract_proj.weight", "encoder.layers.1.fc2.weight"):
         assert torch.equal(state[key], saved.checkpoint["model"][prefix + key])
 
