@@ -67,13 +67,23 @@ def test_round_trip_speechbs_fairseq_speechbs(tmp_path, family, layout):
         assert back.config.model.arch.num_clusters == 10 and back.config.model.arch.label_rate_hz == 100.0
 
 
-def test_ctc_round_trip_keeps_head_vocabulary_and_transcripts(tmp_path):
-    run, model = ctc_checkpoint(tmp_path)
+@pytest.mark.parametrize("family, model_class", [("wav2vec2", "Wav2VecCtc"), ("hubert", "HubertCtc")])
+def test_ctc_round_trip_keeps_head_vocabulary_and_transcripts(tmp_path, family, model_class):
+    run, model = ctc_checkpoint(tmp_path, family)
     done = export_fairseq(read_checkpoint(run), tmp_path / "ctc.pt")
-    assert done.model_class == "fairseq Wav2VecCtc" and done.extra_files == [tmp_path / "dict.ltr.txt"]
-    state = torch.load(done.out, weights_only=True)["model"]
-    assert "w2v_encoder.proj.weight" in state and not any(".quantizer." in k for k in state)
-    back = ctc_model_of(read_checkpoint(done.out))
+    assert done.model_class == f"fairseq {model_class}" and done.extra_files == [tmp_path / "dict.ltr.txt"]
+    contents = torch.load(done.out, weights_only=True)
+    state = contents["model"]
+    assert fm.CTC_MODELS[contents["cfg"]["model"]["_name"]] == family
+    assert "w2v_encoder.proj.weight" in state and not any(k.split(".")[2] in ("quantizer", "final_proj")
+                                                          for k in state if k.startswith("w2v_encoder.w2v_model."))
+    assert ("w2v_encoder.w2v_model.label_embs_concat" in state) == (family == "hubert")  # HubertCtc keeps it
+    back_saved = read_checkpoint(done.out)
+    assert back_saved.config.model.name == family
+    encoder = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.final_proj.")}
+    assert all(torch.equal(back_saved.checkpoint["model"][k], v) for k, v in encoder.items()
+               if not k.startswith(("encoder.quantizer.", "encoder.project_q.")))
+    back = ctc_model_of(back_saved)
     assert back.vocab == model.vocab
     wav_BT = wav(20_000, seed=3)
     with torch.no_grad():
@@ -281,6 +291,17 @@ def test_ctc_without_its_dictionary_says_where_to_put_it(tmp_path):
         read_checkpoint(tmp_path / "ctc.pt")
 
 
+def test_a_hubert_ctc_without_its_pretraining_config_says_so(tmp_path):
+    """fairseq 0.12's own HuBERT fine-tuning saves ``model.w2v_args = None``: the encoder's config is then only in
+    the pretraining checkpoint at ``w2v_path``, which speechbs does not follow."""
+    state = torch.load(FIXTURES / "hubert_ctc.pt", weights_only=False)  # fairseq's Dictionary in task_state
+    state["cfg"]["model"]["w2v_args"] = None
+    torch.save(state, tmp_path / "hubert_ctc.pt")
+    (tmp_path / "dict.ltr.txt").write_text((FIXTURES / "dict.ltr.txt").read_text())
+    with pytest.raises(ConfigError, match="w2v_args.*w2v_path"):
+        read_checkpoint(tmp_path / "hubert_ctc.pt")
+
+
 def test_an_export_fairseq_cannot_hold_is_refused(tmp_path):
     run, _model, _cfg = pretrained(tmp_path, "hubert", "model.layer_norm_eps=1e-6")
     with pytest.raises(ConfigError, match=r"cannot hold model.layer_norm_eps = 1e-06"):
@@ -360,11 +381,37 @@ def test_fairseq_loads_the_export_and_computes_the_same(tmp_path, fairseq_loader
             assert torch.equal(theirs.label_embs_concat[-k:], model.label_embs) and theirs.num_classes == [k + 4]
 
 
-def test_fairseq_decodes_an_exported_ctc_model_as_speechbs_does(tmp_path, fairseq_loader):
-    run, model = ctc_checkpoint(tmp_path)
-    done = export_fairseq(read_checkpoint(run), tmp_path / "ctc.pt")
-    models, _fcfg, task = fairseq_loader([str(done.out)])  # finds dict.ltr.txt in task.data, beside it
+def _fix_fairseq_hubert_ctc(monkeypatch) -> None:
+    """fairseq 0.12's HubertEncoder reads ``cfg.autoregressive``, which HubertCtcConfig lacks, so fairseq loads
+    no HubertCtc at all, its own released ones included (facebookresearch/fairseq#4916): give it False (CTC)."""
+    from fairseq.models.hubert import hubert_asr
+    from omegaconf import open_dict
+
+    original = hubert_asr.HubertEncoder.__init__
+
+    def init(self, cfg, task):
+        if "autoregressive" not in cfg:
+            with open_dict(cfg):
+                cfg.autoregressive = False
+        original(self, cfg, task)
+
+    monkeypatch.setattr(hubert_asr.HubertEncoder, "__init__", init)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert"])
+def test_fairseq_decodes_an_exported_ctc_model_as_speechbs_does(tmp_path, fairseq_loader, monkeypatch, family):
+    run, model = ctc_checkpoint(tmp_path, family)
+    done = export_fairseq(read_checkpoint(run), tmp_path / "out" / "ctc.pt")
+    if family == "hubert":
+        _fix_fairseq_hubert_ctc(monkeypatch)
+    if family == "wav2vec2":  # finds dict.ltr.txt in task.data, beside it
+        models, _fcfg, task = fairseq_loader([str(done.out)])
+    else:  # moved from its task.data: fairseq's loader is told where, as for fairseq's own fine-tuned models
+        moved = tmp_path / "moved"
+        (tmp_path / "out").rename(moved)
+        models, _fcfg, task = fairseq_loader([str(moved / "ctc.pt")], arg_overrides={"data": str(moved)})
     theirs = models[0].eval()
+    assert type(theirs).__name__ == done.model_class.split()[-1]
     dictionary = task.target_dictionary
     assert dictionary.symbols[:len(model.vocab)] == list(model.vocab.symbols)
     texts = set()
