@@ -173,6 +173,24 @@ def test_hubert_ctc_fixture_gives_fairseq_logits_and_transcripts(outputs):
     assert any(out[f"text{i}"] for i in (0, 3)), "fairseq wrote no letters: the text check would see nothing"
 
 
+def test_cli_decodes_the_hubert_ctc_fixture_as_fairseq_did(tmp_path, outputs):
+    """``speechbs decode`` on fairseq's HubertCtc: the checkpoint's normalize applies, the letters are fairseq's."""
+    import soundfile as sf
+
+    from speechbs.data.manifest import Manifest, write_manifest
+
+    out = outputs["hubert_ctc"]
+    files = [f"u{i}.wav" for i in (0, 3)]
+    for name, i in zip(files, (0, 3)):  # fairseq's normalized input: normalizing it again changes < 1e-6
+        sf.write(tmp_path / name, out[f"wav{i}_BT"][0].numpy(), 16_000, subtype="FLOAT")
+    counts = [out[f"wav{i}_BT"].shape[1] for i in (0, 3)]
+    write_manifest(Manifest(tmp_path, files, counts, [16_000] * 2), tmp_path / "test.tsv")
+    (tmp_path / "test.ltr").write_text("".join(" ".join(out[f"text{i}"]) + " |\n" for i in (0, 3)))
+    proc = _cli(tmp_path, "decode", str(FIXTURES / "hubert_ctc.pt"), "--manifest", "test.tsv", "--out", "dec")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "dec" / "hyp.wrd").read_text().splitlines() == [out["text0"], out["text3"]]
+
+
 def test_fixtures_import_without_fairseq_or_omegaconf(tmp_path):
     """In a process where fairseq, omegaconf and hydra cannot be imported (as in CI)."""
     code = ("import sys\n"
