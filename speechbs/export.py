@@ -10,7 +10,7 @@ the speechbs checkpoint it amounts to, so it can be converted too. The formats (
   with ``--force``.
 - ``fairseq``: a ``.pt`` file fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` loads
   (:mod:`speechbs.interop.fairseq`): ``Wav2Vec2Model``, ``HubertModel`` (+ ``dict.km.txt`` beside
-  it), a CTC checkpoint as ``Wav2VecCtc`` (+ ``dict.ltr.txt``); WavLM in the WavLM repository's
+  it), a CTC checkpoint as ``Wav2VecCtc`` or ``HubertCtc`` (+ ``dict.ltr.txt``); WavLM in the WavLM repository's
   format. An existing ``OUT`` is replaced only with ``--force``.
 - ``s3prl``: a ``.pt`` file s3prl's ``wav2vec2_local`` / ``hubert_local`` / ``wavlm_local``
   upstreams load (:mod:`speechbs.interop.s3prl`).

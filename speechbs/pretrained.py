@@ -18,7 +18,7 @@ A ``best.pt`` the index does not record (copied in by hand) is ignored; pass the
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (``speechbs.checkpoint``): no code
 in them runs. A file that is not speechbs's but fairseq's (``Wav2Vec2Model``, ``HubertModel``,
-``Wav2VecCtc``), the WavLM repository's or s3prl's is read as the speechbs checkpoint it amounts
+``Wav2VecCtc``, ``HubertCtc``), the WavLM repository's or s3prl's is read as the speechbs checkpoint it amounts
 to (:func:`speechbs.interop.fairseq_read.read_foreign`, which runs no code of the file either), so
 every command that takes a checkpoint takes those too (docs/interop.md).
 """

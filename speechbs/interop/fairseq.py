@@ -15,10 +15,13 @@ model class, every weight included:
   fields, 'model': state}``, which s3prl's ``wavlm_local`` reads too. ``WavLM.py`` has no pretraining
   heads: speechbs's ``final_proj`` and ``label_embs`` travel under the extra key ``speechbs_heads``.
 
-A fine-tuned wav2vec 2.0 CTC checkpoint becomes ``Wav2VecCtc`` (``w2v_encoder.w2v_model.*`` + the
-letter projection ``w2v_encoder.proj``; the pretraining config embedded as ``w2v_args``, as
-fairseq's fine-tuning writes it) with its letter dictionary ``dict.ltr.txt`` beside ``OUT``. The
-cfg's ``task.data`` is the folder of ``OUT``, where fairseq's ``audio_finetuning`` task looks for
+A fine-tuned wav2vec 2.0 CTC checkpoint becomes ``Wav2VecCtc``, a HuBERT one ``HubertCtc``
+(``w2v_encoder.w2v_model.*`` + the letter projection ``w2v_encoder.proj``; the pretraining config
+embedded as ``w2v_args``, as fairseq's fine-tuning writes it) with its letter dictionary
+``dict.ltr.txt`` beside ``OUT``. ``HubertCtc`` also keeps the pretraining model's
+``label_embs_concat`` (fairseq loads it strictly), with its label dictionary's symbols in
+``task_state``; its task is ``hubert_pretraining`` with ``fine_tuning`` and labels ``["ltr"]``. The
+cfg's ``task.data`` is the folder of ``OUT``, where fairseq's fine-tuning task looks for
 ``dict.ltr.txt``; moved elsewhere, pass ``arg_overrides={"data": FOLDER}`` to fairseq's loader as
 for fairseq's own released fine-tuned models. Every file is plain tensors and containers: fairseq
 reads it with torch's default ``weights_only=True``.
@@ -39,6 +42,9 @@ import torch
 from speechbs.asr.vocab import SPECIALS, Vocab
 from speechbs.errors import ConfigError, DataError
 from speechbs.interop import fairseq_map as fm
+
+CTC_CLASSES = {"wav2vec2": "Wav2VecCtc", "hubert": "HubertCtc"}
+"""fairseq's fine-tuned CTC model class per speechbs family."""
 
 HUBERT_LABELS = "km"
 """The label name of an exported HuBERT (``dict.km.txt``, fairseq's k-means example)."""
@@ -87,7 +93,9 @@ def fairseq_parts(saved: Any) -> dict[str, Any]:
         encoder, head, vocab = dict(state), None, None
     heads = fm.HEAD_NAMES[family]
     kept = {k: v for k, v in encoder.items() if k.split(".")[0] not in heads} if (ctc or family == "wavlm") else encoder
-    label_embs = encoder.get("label_embs") if family == "hubert" and not ctc else None
+    label_embs = encoder.get("label_embs") if family == "hubert" else None
+    if family == "hubert" and ctc and label_embs is None:  # fairseq's HubertCtc keeps the rows: give it some
+        label_embs = torch.zeros(arch.num_clusters, arch.final_dim)
     kept = {k: v for k, v in kept.items() if k != "label_embs"}
     renamed, unknown = fm.to_fairseq_names(family, arch.conv_norm, kept)
     if unknown:
@@ -100,9 +108,11 @@ def fairseq_parts(saved: Any) -> dict[str, Any]:
         specials = torch.rand(len(SPECIALS), label_embs.shape[1], generator=torch.Generator().manual_seed(0))
         renamed["label_embs_concat"] = torch.cat([specials.to(label_embs.dtype), label_embs.detach()])
         symbols = list(SPECIALS) + [str(c) for c in range(label_embs.shape[0])]
-    if ctc and any(k.split(".")[0] in heads for k in encoder):
-        notes.append("the pretraining heads still in the CTC model's encoder are left out (fairseq's Wav2VecCtc "
-                     "removes them)")
+    left_out = sorted({k.split(".")[0] for k in encoder if k.split(".")[0] in heads} - {"label_embs"}
+                      if family == "hubert" else {k.split(".")[0] for k in encoder if k.split(".")[0] in heads})
+    if ctc and left_out:
+        notes.append(f"the pretraining heads still in the CTC model's encoder ({', '.join(left_out)}) are left out "
+                     f"(fairseq's {CTC_CLASSES.get(family, 'CTC model')} removes them)")
     return {"family": family, "ctc": ctc, "model_cfg": model_cfg, "task_cfg": task_cfg,
             "criterion_cfg": fm.fairseq_criterion_cfg(family, arch) if family != "wavlm" else {},
             "state": renamed, "head": head, "vocab": vocab, "symbols": symbols, "notes": notes,
@@ -126,10 +136,6 @@ def export_fairseq(saved: Any, out: str | Path, *, force: bool = False) -> Writt
                     "model": parts["state"], "speechbs_heads": parts["heads"], **provenance}
         model_class = "WavLM (the WavLM repository's WavLM.py)"
     elif parts["ctc"]:
-        if family != "wav2vec2":
-            raise ConfigError(f"{saved.path} is a fine-tuned {family} CTC model; speechbs writes fairseq's "
-                              f"Wav2VecCtc for wav2vec 2.0 only: export the encoder it was fine-tuned from, or "
-                              f"use --to hf")
         contents, model_class = _ctc_contents(saved, parts, folder, step, provenance)
         extra.append((out.parent / "dict.ltr.txt", _dict_text(parts["vocab"].letters, descending=True)))
     else:
@@ -171,24 +177,38 @@ def _pretrained_contents(parts: dict, folder: str, step: Any, provenance: dict) 
 
 
 def _ctc_contents(saved: Any, parts: dict, folder: str, step: Any, provenance: dict) -> tuple[dict, str]:
-    ft, audio = saved.config.finetune, saved.config.audio
-    pretrain_task = {"_name": "audio_pretraining", "data": folder, **parts["task_cfg"], "tpu": False, "seed": 1}
+    family, ft, audio = parts["family"], saved.config.finetune, saved.config.audio
+    pretrain_task = {"data": folder, **parts["task_cfg"]}
+    if family == "wav2vec2":
+        pretrain_task = {"_name": "audio_pretraining", **pretrain_task, "tpu": False, "seed": 1}
+        model = {"_name": "wav2vec_ctc", "ddp_backend": "pytorch_ddp", "blank_weight": 0.0, "blank_mode": "add"}
+        task = {"_name": "audio_finetuning", "data": folder, "labels": "ltr", **parts["task_cfg"], "tpu": False,
+                "seed": 1, "eval_wer": False}
+        task_state: dict[str, Any] = {}
+    else:
+        # The pretraining task gets its label dictionary from the fine-tuning task's state (HubertEncoder), so
+        # no dict.km.txt is needed; the model reads only its size (label_embs_concat's rows). HubertPretrainingConfig
+        # has no tpu or seed field, and fairseq sets w2v_args' task up strictly.
+        pretrain_task = {"_name": "hubert_pretraining", **pretrain_task, "labels": [HUBERT_LABELS], "label_dir": None,
+                         "label_rate": parts["model_cfg"]["label_rate"], "fine_tuning": False}
+        model = {"_name": "hubert_ctc"}
+        task = {"_name": "hubert_pretraining", "data": folder, "fine_tuning": True, "labels": ["ltr"],
+                "label_dir": None, "label_rate": -1.0, **parts["task_cfg"], "single_target": True}
+        task_state = {"dictionaries": [parts["symbols"]]}
     w2v_args = {**_common_cfg(), "model": parts["model_cfg"], "task": pretrain_task, "criterion": None}
-    model = {"_name": "wav2vec_ctc", "w2v_path": str(saved.path), "w2v_args": w2v_args, "no_pretrained_weights": False,
-             "data": folder, "normalize": audio.normalize, "apply_mask": True, "ddp_backend": "pytorch_ddp",
-             "blank_weight": 0.0, "blank_mode": "add", "final_dropout": ft.final_dropout,
-             "freeze_finetune_updates": ft.freeze_steps, "mask_selection": "static", "mask_other": 0.0,
-             "no_mask_overlap": False, "mask_channel_selection": "static", "mask_channel_other": 0.0,
-             "no_mask_channel_overlap": False}
+    model.update({"w2v_path": str(saved.path), "w2v_args": w2v_args, "no_pretrained_weights": False,
+                  "data": folder, "normalize": audio.normalize, "apply_mask": True, "final_dropout": ft.final_dropout,
+                  "freeze_finetune_updates": ft.freeze_steps, "mask_selection": "static", "mask_other": 0.0,
+                  "no_mask_overlap": False, "mask_channel_selection": "static", "mask_channel_other": 0.0,
+                  "no_mask_channel_overlap": False})
     for key, target in fm.CTC_OVERRIDES.items():  # the encoder's fine-tuning values: the CTC cfg replaces w2v_args'
         model[key] = parts["model_cfg"][target]
-    task = {"_name": "audio_finetuning", "data": folder, "labels": "ltr", **parts["task_cfg"], "tpu": False,
-            "seed": 1, "eval_wer": False}
     cfg = {**_common_cfg(), "model": model, "task": task,
            "criterion": {"_name": "ctc", "zero_infinity": True, "post_process": "letter"}}
     state = {fm.CTC_PREFIX[0] + k: v for k, v in parts["state"].items()}
     state.update({fm.CTC_HEAD[0] + k: v.detach().clone().contiguous() for k, v in parts["head"].items()})
-    return _fairseq_file(cfg, state, "CtcCriterion", step, {}, provenance), "fairseq Wav2VecCtc"
+    return (_fairseq_file(cfg, state, "CtcCriterion", step, task_state, provenance),
+            f"fairseq {CTC_CLASSES[family]}")
 
 
 def _fairseq_file(cfg: dict, state: dict, criterion: str, step: Any, task_state: dict, provenance: dict) -> dict:

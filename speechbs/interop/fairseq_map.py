@@ -59,22 +59,25 @@ _WAVLM = [  # before the shared table, whose "self_attn." rule would take them
     ("encoder.layers.{i}.self_attn.grep_linear.", "encoder.attention_bias.gates.{i}.linear."),
     ("encoder.layers.{i}.self_attn.grep_a", "encoder.attention_bias.gates.{i}.const"),
 ]
+CTC_MODELS = {"wav2vec_ctc": "wav2vec2", "hubert_ctc": "hubert"}
+"""fairseq's fine-tuned CTC models (``Wav2VecCtc``, ``HubertCtc``) and the speechbs family of their encoder."""
 CTC_PREFIX = ("w2v_encoder.w2v_model.", "encoder.")
-"""fairseq ``Wav2VecCtc``'s encoder prefix and speechbs ``CTCModel``'s."""
+"""fairseq ``Wav2VecCtc``'s / ``HubertCtc``'s encoder prefix and speechbs ``CTCModel``'s."""
 CTC_HEAD = ("w2v_encoder.proj.", "head.")
-"""fairseq ``Wav2VecCtc``'s letter projection and speechbs ``CTCModel``'s."""
+"""fairseq ``Wav2VecCtc``'s / ``HubertCtc``'s letter projection and speechbs ``CTCModel``'s."""
 CTC_OVERRIDES = {"dropout": "dropout", "attention_dropout": "attention_dropout",
                  "activation_dropout": "activation_dropout", "dropout_input": "dropout_input",
                  "mask_prob": "mask_prob", "mask_length": "mask_length", "mask_channel_prob": "mask_channel_prob",
                  "mask_channel_length": "mask_channel_length", "layerdrop": "encoder_layerdrop",
                  "feature_grad_mult": "feature_grad_mult"}
-"""fairseq ``Wav2Vec2AsrConfig`` field -> the encoder field it replaces when fine-tuning (``Wav2VecEncoder``)."""
+"""fairseq ``Wav2Vec2AsrConfig`` / ``HubertAsrConfig`` field -> the encoder field it replaces when fine-tuning
+(``Wav2VecEncoder``, ``HubertEncoder``)."""
 FINETUNE_FIELDS = {"final_dropout": "final_dropout", "mask_prob": "mask_prob", "mask_length": "mask_length",
                    "mask_channel_prob": "mask_channel_prob", "mask_channel_length": "mask_channel_length",
                    "layerdrop": "layerdrop", "dropout": "dropout", "attention_dropout": "attention_dropout",
                    "activation_dropout": "activation_dropout", "dropout_input": "dropout_input",
                    "freeze_finetune_updates": "freeze_steps"}
-"""fairseq ``Wav2Vec2AsrConfig`` field -> speechbs ``[finetune]`` field."""
+"""fairseq ``Wav2Vec2AsrConfig`` / ``HubertAsrConfig`` field -> speechbs ``[finetune]`` field."""
 HEAD_NAMES = {"wav2vec2": ("quantizer", "project_q", "final_proj"), "hubert": ("final_proj", "label_embs"),
               "wavlm": ("final_proj", "label_embs")}
 """speechbs's pretraining heads per family (top-level names)."""

@@ -1,7 +1,7 @@
 """fairseq, WavLM-repository and s3prl checkpoints read as speechbs checkpoints (``finetune.init``, ...).
 
-:func:`read_foreign`: a fairseq ``Wav2Vec2Model``, ``HubertModel`` or ``Wav2VecCtc`` checkpoint
-(``cfg`` or the older ``args``), a WavLM repository checkpoint or an s3prl converted one is read
+:func:`read_foreign`: a fairseq ``Wav2Vec2Model``, ``HubertModel``, ``Wav2VecCtc`` or ``HubertCtc``
+checkpoint (``cfg`` or the older ``args``), a WavLM repository checkpoint or an s3prl converted one is read
 as a speechbs checkpoint: :func:`speechbs.pretrained.read_checkpoint` calls it for a file that is
 not speechbs's, so ``finetune.init``, ``train.init``, ``speechbs decode`` and
 ``speechbs export`` take these files. They are unpickled with stand-ins for every foreign class
@@ -53,14 +53,11 @@ def read_foreign(path: Path, loaded: Any = None) -> Foreign | None:
     source, model, task, criterion, state, symbols, step = sections
     where = f"{path}"
     name = model.get("_name")
-    if name in ("wav2vec_ctc",):
-        return _read_ctc(path, source, model, task, state, step, raw)
-    if name == "hubert_ctc":
-        raise ConfigError(f"{where}: fairseq's HubertCtc (hubert_ctc) is not read; fine-tune from its pretraining "
-                          f"checkpoint, or give its Hugging Face conversion (a HubertForCTC directory)")
+    if name in fm.CTC_MODELS:
+        return _read_ctc(path, source, fm.CTC_MODELS[name], model, task, state, step, raw)
     if name not in ("wav2vec2", "hubert", "wavlm"):
         raise ConfigError(f"{where}: fairseq model {name!r} is not one speechbs reads (wav2vec2, hubert, "
-                          f"wav2vec_ctc, or a WavLM checkpoint)")
+                          f"wav2vec_ctc, hubert_ctc, or a WavLM checkpoint)")
     family = name
     arch, speechbs_state = _pretrained_state(family, model, task, criterion, state, symbols, where)
     heads = raw.get("speechbs_heads") or {} if family == "wavlm" else {}
@@ -155,8 +152,14 @@ def _cluster_rows(symbols: list[str] | None, num_rows: int, where: str) -> list[
     return [index[str(c)] for c in range(len(clusters))]
 
 
-def _read_ctc(path: Path, source: str, model: dict, task: dict, state: dict, step: Any, raw: dict) -> Foreign:
-    """A fairseq ``Wav2VecCtc`` as a speechbs CTC checkpoint (encoder, head and letter vocabulary)."""
+def _read_ctc(path: Path, source: str, family: str, model: dict, task: dict, state: dict, step: Any,
+              raw: dict) -> Foreign:
+    """A fairseq ``Wav2VecCtc`` or ``HubertCtc`` as a speechbs CTC checkpoint (encoder, head and letters).
+
+    The two share their layout (``w2v_encoder.w2v_model.*``, ``w2v_encoder.proj``, the pretraining
+    config in ``model.w2v_args``, the encoder fields it overrides); HubertCtc keeps the pretraining
+    model's ``label_embs_concat``, read as speechbs's ``label_embs`` as for a pretraining checkpoint.
+    """
     inner = model.get("w2v_args")
     if not isinstance(inner, dict):
         raise ConfigError(f"{path}: its pretraining config (w2v_args) is not in the file; fairseq reads it from "
@@ -165,8 +168,9 @@ def _read_ctc(path: Path, source: str, model: dict, task: dict, state: dict, ste
         inner_model, inner_task = dict(inner["model"]), dict(inner.get("task") or {})
     else:
         inner_model, inner_task = {**inner, "_name": inner.get("arch")}, inner
-    if inner_model.get("_name") != "wav2vec2":
-        raise ConfigError(f"{path}: a CTC model on {inner_model.get('_name')!r} is not supported (wav2vec2 only)")
+    if inner_model.get("_name") != family:
+        raise ConfigError(f"{path}: a fairseq {model.get('_name')} on a {inner_model.get('_name')!r} model is not "
+                          f"supported (speechbs reads it on {family})")
     for key, target in fm.CTC_OVERRIDES.items():
         if model.get(key) is not None:
             inner_model[target] = model[key]
@@ -174,22 +178,27 @@ def _read_ctc(path: Path, source: str, model: dict, task: dict, state: dict, ste
     head = {k[len(fm.CTC_HEAD[0]):]: v for k, v in state.items() if k.startswith(fm.CTC_HEAD[0])}
     other = [k for k in state if not k.startswith((fm.CTC_PREFIX[0], fm.CTC_HEAD[0]))]
     if other or set(head) != {"weight", "bias"}:
-        raise DataError(f"{path}: weights {other[:5] or sorted(head)} do not fit fairseq's Wav2VecCtc")
-    arch, enc_state = _pretrained_state("wav2vec2", inner_model, inner_task, {}, encoder, None, str(path))
+        raise DataError(f"{path}: weights {other[:5] or sorted(head)} do not fit fairseq's {model.get('_name')}")
+    arch, enc_state = _pretrained_state(family, inner_model, inner_task, {}, encoder, None, str(path))
     vocab = _ctc_vocab(path, task, head["weight"].shape[0])
     speechbs_state = {f"encoder.{k}": v for k, v in enc_state.items()}
     speechbs_state.update({"head.weight": head["weight"], "head.bias": head["bias"], "vocab_utf8": vocab.to_tensor()})
-    cfg = _speechbs_config("wav2vec2", arch, {**inner_task, **task})
-    cfg = replace(cfg, model=replace(cfg.model, arch=_with_provenance("wav2vec2", arch, raw)))
+    cfg = _speechbs_config(family, arch, {**inner_task, **task})
+    cfg = replace(cfg, model=replace(cfg.model, arch=_with_provenance(family, arch, raw)))
     ft = {target: model[key] for key, target in fm.FINETUNE_FIELDS.items() if model.get(key) is not None}
     cfg = replace(cfg, finetune=replace(cfg.finetune, **ft))
-    return _finish(path, source, cfg, speechbs_state, step, "wav2vec2", prefix="encoder.")
+    return _finish(path, source, cfg, speechbs_state, step, family, prefix="encoder.")
 
 
 def _ctc_vocab(path: Path, task: dict, num_classes: int) -> Vocab:
-    """The letter dictionary of a fairseq CTC checkpoint: ``dict.<labels>.txt`` beside it or in its ``task.data``."""
-    name = f"dict.{task.get('labels') or 'ltr'}.txt"
-    candidates = [path.parent / name] + ([Path(str(task["data"])) / name] if task.get("data") else [])
+    """The letter dictionary of a fairseq CTC checkpoint: ``dict.<labels>.txt`` beside it or in its ``task.data``
+    (or ``task.label_dir``, where HuBERT's task reads it)."""
+    labels = task.get("labels") or "ltr"
+    if isinstance(labels, (list, tuple)):  # hubert_pretraining: a list of label sets, one when fine-tuning
+        labels = labels[0] if len(labels) == 1 else "ltr"
+    name = f"dict.{labels}.txt"
+    folders = [task.get(key) for key in ("data", "label_dir") if task.get(key)]
+    candidates = [path.parent / name] + [Path(str(folder)) / name for folder in folders]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise DataError(f"{path} is a fine-tuned CTC checkpoint without its letter dictionary: put its {name} "

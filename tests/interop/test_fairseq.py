@@ -67,13 +67,23 @@ def test_round_trip_speechbs_fairseq_speechbs(tmp_path, family, layout):
         assert back.config.model.arch.num_clusters == 10 and back.config.model.arch.label_rate_hz == 100.0
 
 
-def test_ctc_round_trip_keeps_head_vocabulary_and_transcripts(tmp_path):
-    run, model = ctc_checkpoint(tmp_path)
+@pytest.mark.parametrize("family, model_class", [("wav2vec2", "Wav2VecCtc"), ("hubert", "HubertCtc")])
+def test_ctc_round_trip_keeps_head_vocabulary_and_transcripts(tmp_path, family, model_class):
+    run, model = ctc_checkpoint(tmp_path, family)
     done = export_fairseq(read_checkpoint(run), tmp_path / "ctc.pt")
-    assert done.model_class == "fairseq Wav2VecCtc" and done.extra_files == [tmp_path / "dict.ltr.txt"]
-    state = torch.load(done.out, weights_only=True)["model"]
-    assert "w2v_encoder.proj.weight" in state and not any(".quantizer." in k for k in state)
-    back = ctc_model_of(read_checkpoint(done.out))
+    assert done.model_class == f"fairseq {model_class}" and done.extra_files == [tmp_path / "dict.ltr.txt"]
+    contents = torch.load(done.out, weights_only=True)
+    state = contents["model"]
+    assert fm.CTC_MODELS[contents["cfg"]["model"]["_name"]] == family
+    assert "w2v_encoder.proj.weight" in state and not any(k.split(".")[2] in ("quantizer", "final_proj")
+                                                          for k in state if k.startswith("w2v_encoder.w2v_model."))
+    assert ("w2v_encoder.w2v_model.label_embs_concat" in state) == (family == "hubert")  # HubertCtc keeps it
+    back_saved = read_checkpoint(done.out)
+    assert back_saved.config.model.name == family
+    encoder = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.final_proj.")}
+    assert all(torch.equal(back_saved.checkpoint["model"][k], v) for k, v in encoder.items()
+               if not k.startswith(("encoder.quantizer.", "encoder.project_q.")))
+    back = ctc_model_of(back_saved)
     assert back.vocab == model.vocab
     wav_BT = wav(20_000, seed=3)
     with torch.no_grad():
@@ -144,6 +154,43 @@ def test_ctc_fixture_gives_fairseq_logits_and_transcripts(outputs):
     assert any(out[f"text{i}"] for i in (0, 3)), "fairseq wrote no letters: the text check would see nothing"
 
 
+def test_hubert_ctc_fixture_gives_fairseq_logits_and_transcripts(outputs):
+    saved = read_checkpoint(FIXTURES / "hubert_ctc.pt")  # fairseq's HubertCtc; dict.ltr.txt lies beside it
+    assert saved.config.model.name == "hubert" and saved.checkpoint["source_format"] == "fairseq"
+    assert saved.checkpoint["seeded_heads"] == ["final_proj"]  # HubertCtc keeps label_embs_concat, not final_proj
+    arch = saved.config.model.arch
+    assert (arch.conv_norm, arch.layer_norm_first, arch.num_clusters, saved.config.audio.normalize) == (
+        "layer", True, 10, True)
+    assert saved.config.finetune.final_dropout == 0.1 and arch.mask_prob == 0.3 and arch.feature_grad_mult == 0.0
+    model, out = ctc_model_of(saved), outputs["hubert_ctc"]
+    assert model.vocab.letters == ("|", "A", "B", "C", "D", "E")
+    for i in (0, 3):
+        wav_BT = out[f"wav{i}_BT"]  # already normalized, as fairseq's task hands it to the model
+        with torch.no_grad():
+            logits_BTV, frames_B = model(wav_BT, torch.tensor([wav_BT.shape[1]]))
+        assert _max_diff(logits_BTV, out[f"logits{i}_BTV"]) <= TOL
+        assert model.vocab.to_words(greedy_ids(logits_BTV, frames_B)[0]) == out[f"text{i}"]
+    assert any(out[f"text{i}"] for i in (0, 3)), "fairseq wrote no letters: the text check would see nothing"
+
+
+def test_cli_decodes_the_hubert_ctc_fixture_as_fairseq_did(tmp_path, outputs):
+    """``speechbs decode`` on fairseq's HubertCtc: the checkpoint's normalize applies, the letters are fairseq's."""
+    import soundfile as sf
+
+    from speechbs.data.manifest import Manifest, write_manifest
+
+    out = outputs["hubert_ctc"]
+    files = [f"u{i}.wav" for i in (0, 3)]
+    for name, i in zip(files, (0, 3)):  # fairseq's normalized input: normalizing it again changes < 1e-6
+        sf.write(tmp_path / name, out[f"wav{i}_BT"][0].numpy(), 16_000, subtype="FLOAT")
+    counts = [out[f"wav{i}_BT"].shape[1] for i in (0, 3)]
+    write_manifest(Manifest(tmp_path, files, counts, [16_000] * 2), tmp_path / "test.tsv")
+    (tmp_path / "test.ltr").write_text("".join(" ".join(out[f"text{i}"]) + " |\n" for i in (0, 3)))
+    proc = _cli(tmp_path, "decode", str(FIXTURES / "hubert_ctc.pt"), "--manifest", "test.tsv", "--out", "dec")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "dec" / "hyp.wrd").read_text().splitlines() == [out["text0"], out["text3"]]
+
+
 def test_fixtures_import_without_fairseq_or_omegaconf(tmp_path):
     """In a process where fairseq, omegaconf and hydra cannot be imported (as in CI)."""
     code = ("import sys\n"
@@ -152,7 +199,7 @@ def test_fixtures_import_without_fairseq_or_omegaconf(tmp_path):
             "        if name.split('.')[0] in ('fairseq', 'omegaconf', 'hydra'): raise ImportError(name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "from speechbs.pretrained import read_checkpoint\n"
-            f"for name in ('w2v2_pretrained', 'hubert_pretrained', 'w2v2_ctc', 'wavlm_unilm'):\n"
+            f"for name in ('w2v2_pretrained', 'hubert_pretrained', 'w2v2_ctc', 'hubert_ctc', 'wavlm_unilm'):\n"
             f"    read_checkpoint('{FIXTURES}/' + name + '.pt')\n"
             "print('fairseq' in sys.modules, 'omegaconf' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -226,7 +273,7 @@ def test_train_init_from_fairseq_keeps_the_pretraining_heads():
         assert (family != "wavlm") or "WavLM repository" in note
 
 
-@pytest.mark.parametrize("name", ["w2v2_pretrained", "hubert_pretrained", "w2v2_ctc", "wavlm_unilm"])
+@pytest.mark.parametrize("name", ["w2v2_pretrained", "hubert_pretrained", "w2v2_ctc", "hubert_ctc", "wavlm_unilm"])
 def test_finetune_init_reads_fairseq_checkpoints_pretrained_and_fine_tuned(name):
     from speechbs.configio import load_config
     from speechbs.tasks.ctc import prepare_finetune
@@ -235,7 +282,7 @@ def test_finetune_init_reads_fairseq_checkpoints_pretrained_and_fine_tuned(name)
     recipe = REPO / "recipes" / "finetune" / "tiny_digits.toml"
     cfg, state = prepare_finetune(load_config(recipe, [f"finetune.init={FIXTURES / name}.pt"]))
     assert cfg.model.arch.embed_dim == 48 and cfg.model.arch.feature_grad_mult == 0.0
-    prefix = "encoder." if name == "w2v2_ctc" else ""
+    prefix = "encoder." if name.endswith("_ctc") else ""
     for key in ("post_extract_proj.weight", "encoder.layers.1.fc2.weight"):
         assert torch.equal(state[key], saved.checkpoint["model"][prefix + key])
 
@@ -260,6 +307,17 @@ def test_ctc_without_its_dictionary_says_where_to_put_it(tmp_path):
     (tmp_path / "ctc.pt").write_bytes((FIXTURES / "w2v2_ctc.pt").read_bytes())  # its task.data is long gone
     with pytest.raises(DataError, match="put its dict.ltr.txt beside it"):
         read_checkpoint(tmp_path / "ctc.pt")
+
+
+def test_a_hubert_ctc_without_its_pretraining_config_says_so(tmp_path):
+    """fairseq 0.12's own HuBERT fine-tuning saves ``model.w2v_args = None``: the encoder's config is then only in
+    the pretraining checkpoint at ``w2v_path``, which speechbs does not follow."""
+    state = torch.load(FIXTURES / "hubert_ctc.pt", weights_only=False)  # fairseq's Dictionary in task_state
+    state["cfg"]["model"]["w2v_args"] = None
+    torch.save(state, tmp_path / "hubert_ctc.pt")
+    (tmp_path / "dict.ltr.txt").write_text((FIXTURES / "dict.ltr.txt").read_text())
+    with pytest.raises(ConfigError, match="w2v_args.*w2v_path"):
+        read_checkpoint(tmp_path / "hubert_ctc.pt")
 
 
 def test_an_export_fairseq_cannot_hold_is_refused(tmp_path):
@@ -341,11 +399,37 @@ def test_fairseq_loads_the_export_and_computes_the_same(tmp_path, fairseq_loader
             assert torch.equal(theirs.label_embs_concat[-k:], model.label_embs) and theirs.num_classes == [k + 4]
 
 
-def test_fairseq_decodes_an_exported_ctc_model_as_speechbs_does(tmp_path, fairseq_loader):
-    run, model = ctc_checkpoint(tmp_path)
-    done = export_fairseq(read_checkpoint(run), tmp_path / "ctc.pt")
-    models, _fcfg, task = fairseq_loader([str(done.out)])  # finds dict.ltr.txt in task.data, beside it
+def _fix_fairseq_hubert_ctc(monkeypatch) -> None:
+    """fairseq 0.12's HubertEncoder reads ``cfg.autoregressive``, which HubertCtcConfig lacks, so fairseq loads
+    no HubertCtc at all, its own released ones included (facebookresearch/fairseq#4916): give it False (CTC)."""
+    from fairseq.models.hubert import hubert_asr
+    from omegaconf import open_dict
+
+    original = hubert_asr.HubertEncoder.__init__
+
+    def init(self, cfg, task):
+        if "autoregressive" not in cfg:
+            with open_dict(cfg):
+                cfg.autoregressive = False
+        original(self, cfg, task)
+
+    monkeypatch.setattr(hubert_asr.HubertEncoder, "__init__", init)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert"])
+def test_fairseq_decodes_an_exported_ctc_model_as_speechbs_does(tmp_path, fairseq_loader, monkeypatch, family):
+    run, model = ctc_checkpoint(tmp_path, family)
+    done = export_fairseq(read_checkpoint(run), tmp_path / "out" / "ctc.pt")
+    if family == "hubert":
+        _fix_fairseq_hubert_ctc(monkeypatch)
+    if family == "wav2vec2":  # finds dict.ltr.txt in task.data, beside it
+        models, _fcfg, task = fairseq_loader([str(done.out)])
+    else:  # moved from its task.data: fairseq's loader is told where, as for fairseq's own fine-tuned models
+        moved = tmp_path / "moved"
+        (tmp_path / "out").rename(moved)
+        models, _fcfg, task = fairseq_loader([str(moved / "ctc.pt")], arg_overrides={"data": str(moved)})
     theirs = models[0].eval()
+    assert type(theirs).__name__ == done.model_class.split()[-1]
     dictionary = task.target_dictionary
     assert dictionary.symbols[:len(model.vocab)] == list(model.vocab.symbols)
     texts = set()
