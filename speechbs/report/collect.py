@@ -89,7 +89,8 @@ class RunRow:
     """The batch schedule in words (``batch.schedule``): ``constant``, ``ramp 15->60 s / 100 steps``,
     ``adaptive 30->120 s`` (its first and last scheduled batch)."""
     group_key: str = ""
-    """The config without ``run.seed``, ``run.name`` and ``run.output_dir``: equal for runs that differ only by seed."""
+    """The config without :data:`NOT_THE_EXPERIMENT` (the seed, the run's place, the checkpoints it keeps):
+    equal for runs that differ only by seed."""
 
 
 @dataclass
@@ -239,11 +240,8 @@ def read_run(run_dir: Path, label: str, notes: list[str], last_rows: int = LAST_
     if config is None:
         notes.append(f"{label}: {run_dir / 'config.toml'} is missing or unreadable: batch and LR unknown")
     else:
-        run = dict(config.get("run", {}))
-        row.seed = run.pop("seed", None)
-        for key in ("name", "output_dir"):
-            run.pop(key, None)
-        row.group_key = json.dumps({**config, "run": run}, sort_keys=True, default=str)
+        row.seed = config.get("run", {}).get("seed")
+        row.group_key = _group_key(config)
         row.batch_s = _number(config.get("batch", {}).get("seconds"))
         row.num_steps = config.get("train", {}).get("num_steps")
         row.peak_lr = _peak_lr(config.get("optim", {}), row.batch_s)
@@ -279,6 +277,24 @@ def _schedule_words(batch: dict[str, Any], train: list[dict]) -> str:
     if kind == "adaptive":
         return f"adaptive {targets[0]:g}->{targets[-1]:g} s" if targets else "adaptive"
     return str(kind)
+
+
+NOT_THE_EXPERIMENT = ("run.seed", "run.name", "run.output_dir", "train.milestone_steps", "train.milestone_hours",
+                      "train.checkpoint_every", "train.keep_last", "train.log_every", "data.num_workers",
+                      "train.collective_timeout_s")
+"""Config keys that say where a run lives and which checkpoints it keeps, not what it learns: runs that
+differ only in these (and the seed) are one group. (A point whose checkpoints a [[noise]] stage measures
+keeps more milestones than its other seeds.)"""
+
+
+def _group_key(config: dict[str, Any]) -> str:
+    """The config without :data:`NOT_THE_EXPERIMENT`: equal for runs that differ only by seed."""
+    kept = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    for dotted in NOT_THE_EXPERIMENT:
+        section, key = dotted.split(".", 1)
+        if isinstance(kept.get(section), dict):
+            kept[section].pop(key, None)
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def _peak_lr(optim: dict[str, Any], batch_s: float | None) -> float | None:

@@ -206,3 +206,15 @@ def test_a_schedule_column_says_how_each_batch_moved(tmp_path):
     # Without a moving batch there is no schedule column.
     write_point(tmp_path / "constant", "bs60s", 60.0, wer=40.0)
     assert "batch schedule" not in markdown(collect([tmp_path / "constant"])).splitlines()[0]
+
+
+def test_seeds_that_keep_other_checkpoints_are_one_group(tmp_path):
+    """A [[noise]] stage keeps extra milestones in one seed's run: still the same experiment."""
+    root = tmp_path / "sweep"
+    write_point(root, "bs60s-seed1", 60.0, wer=40.0, seed=1)
+    other = write_point(root, "bs60s-seed2", 60.0, wer=44.0, seed=2)
+    config = other / "config.toml"
+    config.write_text(config.read_text().replace("num_steps = 20\n", "num_steps = 20\nmilestone_steps = [5]\n"))
+    assert [(g.label, len(g.rows)) for g in collect([root]).groups] == [("bs60s", 2)]
+    config.write_text(config.read_text().replace("lr = 5e-4", "lr = 1e-3"))  # another experiment
+    assert len(collect([root]).groups) == 2
