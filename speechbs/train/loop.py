@@ -176,19 +176,7 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
             "step_s": seconds_per_step, **noise_logs, **_memory(ctx)})
 
         if planner.schedule.is_decision_step(state.step) and state.step < last_step:
-            # Rank 0 decides for all from the window (the same on every rank: its sums are all-reduced).
-            decision = ctx.broadcast_object(
-                planner.schedule.decide(state.step, state.noise.b_simple_s) if ctx.is_main else None)
-            before = planner.schedule.num_units(state.step, planner.hours_planned)
-            planner.schedule.record(decision)
-            log.event(state.step, "batch_decision", {
-                "b_simple_s": decision.b_simple_s, "wanted_s": decision.wanted_s,
-                "batch_target_s": decision.num_units * planner.unit_s,
-                "previous_batch_target_s": before * planner.unit_s})
-            if decision.num_units != before:
-                log.message(f"batch {before * planner.unit_s:g} s -> {decision.num_units * planner.unit_s:g} s from "
-                            f"step {state.step + 1} (B_simple {decision.b_simple_s:.3g} s x "
-                            f"{cfg.batch.adaptive.factor:g}, clamped and rounded)")
+            if _decide_batch(planner, state, ctx, log, cfg.batch.adaptive.factor):
                 steps.close()  # its lookahead was planned at the old batch
                 steps = open_steps(state.step)
 
@@ -238,6 +226,25 @@ def _train(cfg: Config, build_task: TaskFactory, ctx: DistContext, resume: Resum
     log.message(f"done: {state.step} steps, {state.hours_seen:.3f} h of audio seen")
     log.close()
     return state
+
+
+def _decide_batch(planner: BatchPlanner, state: TrainState, ctx: DistContext, log: MetricsLogger,
+                  factor: float) -> bool:
+    """An adaptive decision after ``state.step`` steps, recorded in the planner and logged; True when it
+    changed the batch. Rank 0 decides for all from the noise window (the same on every rank: its sums
+    are all-reduced), so every rank records the same decision."""
+    schedule = planner.schedule
+    decision = ctx.broadcast_object(schedule.decide(state.step, state.noise.b_simple_s) if ctx.is_main else None)
+    before = schedule.num_units(state.step, planner.hours_planned)
+    schedule.record(decision)
+    log.event(state.step, "batch_decision", {
+        "b_simple_s": decision.b_simple_s, "wanted_s": decision.wanted_s,
+        "batch_target_s": decision.num_units * planner.unit_s, "previous_batch_target_s": before * planner.unit_s})
+    if decision.num_units == before:
+        return False
+    log.message(f"batch {before * planner.unit_s:g} s -> {decision.num_units * planner.unit_s:g} s from step "
+                f"{state.step + 1} (B_simple {decision.b_simple_s:.3g} s x {factor:g}, clamped and rounded)")
+    return True
 
 
 def _describe_batch(cfg: Config) -> str:
