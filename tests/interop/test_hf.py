@@ -18,61 +18,22 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install speechbs[hf])")
 
-from speechbs.asr.ctc import CTCModel, greedy_ids, load_ctc_checkpoint  # noqa: E402
+from speechbs.asr.ctc import greedy_ids, load_ctc_checkpoint  # noqa: E402
 from speechbs.asr.hf_import import load_hf_encoder  # noqa: E402
 from speechbs.asr.vocab import build_vocab  # noqa: E402
-from speechbs.checkpoint import save_checkpoint  # noqa: E402
-from speechbs.configio import dump_toml, load_config  # noqa: E402
+from speechbs.configio import load_config  # noqa: E402
 from speechbs.errors import ConfigError  # noqa: E402
 from speechbs.interop.hf import export_hf, hf_vocab  # noqa: E402
 from speechbs.pretrained import build_model  # noqa: E402
-from speechbs.tasks.ctc import finetune_arch, prepare_finetune  # noqa: E402
+from speechbs.tasks.ctc import prepare_finetune  # noqa: E402
 from speechbs.tasks.ssl import load_initial_weights  # noqa: E402
+from tests.interop.tiny import EXTRA, FAMILIES, SMALL, STABLE, ctc_checkpoint, encode, pretrained, wav  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-FAMILIES = ("wav2vec2", "hubert", "wavlm")
 TOL = 1e-5
-SMALL = ["model.size=tiny", "model.num_layers=2", "model.embed_dim=32", "model.num_heads=2", "model.ffn_dim=64",
-         "model.final_dim=16", "model.pos_conv_kernel=8", "model.pos_conv_groups=2"]
-EXTRA = {"wav2vec2": ["model.codebook_size=8", "model.codevector_dim=16"],
-         "hubert": ["model.num_clusters=10"], "wavlm": ["model.num_clusters=10", "model.num_buckets=16",
-                                                        "model.max_distance=20"]}
-
-
-def _perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random norms and biases, so a mapping mistake cannot hide behind ones and zeros."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias") or "gates" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-            if "attention_bias.embed" in name:
-                p.normal_(0.0, 1.0, generator=gen)
-
-
-def _pretrained(tmp: Path, family: str, *extra: str) -> tuple[Path, torch.nn.Module, object]:
-    """A run directory with one checkpoint of a tiny random ``family`` model."""
-    cfg = load_config(None, [f"model.name={family}", *SMALL, *EXTRA[family], *extra])
-    torch.manual_seed(1)
-    model = build_model(cfg.model)
-    _perturb(model)
-    run = tmp / f"run-{family}"
-    save_checkpoint(run / "checkpoints", 5, {"model": model.state_dict(), "config_toml": dump_toml(cfg)}, keep_last=1)
-    return run, model.eval(), cfg
-
-
-def _wav(num: int = 16_000, seed: int = 0) -> torch.Tensor:
-    return torch.randn(1, num, generator=torch.Generator().manual_seed(seed))
-
-
-def _encode(model: torch.nn.Module, wav_BT: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.encode(wav_BT, torch.tensor([wav_BT.shape[1]])).features_BTC
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_round_trip_speechbs_hf_speechbs(tmp_path, family):
-    run, model, cfg = _pretrained(tmp_path, family)
+    run, model, cfg = pretrained(tmp_path, family)
     done = export_hf(run, tmp_path / "hf")
     assert done.checkpoint.parent == run / "checkpoints" and done.checkpoint.suffix == ".pt"  # the latest step
     name, arch, state = load_hf_encoder(tmp_path / "hf")
@@ -87,22 +48,22 @@ def test_round_trip_speechbs_hf_speechbs(tmp_path, family):
         assert torch.equal(tensor, original[key]), key
     for key in ("embed_dim", "num_layers", "conv_layers", "conv_norm", "layer_norm_first", "mask_prob"):
         assert getattr(arch, key) == getattr(cfg.model.arch, key)
-    wav_BT = _wav()
-    assert torch.equal(_encode(back.eval(), wav_BT), _encode(model, wav_BT))
+    wav_BT = wav()
+    assert torch.equal(encode(back.eval(), wav_BT), encode(model, wav_BT))
 
 
 @pytest.mark.parametrize("family, stable", [("wav2vec2", False), ("wav2vec2", True), ("hubert", False),
                                             ("wavlm", True)])
 def test_transformers_loads_the_export_and_computes_the_same(tmp_path, family, stable):
-    extra = ["model.conv_norm=layer", "model.conv_bias=true", "model.layer_norm_first=true"] if stable else []
-    run, model, cfg = _pretrained(tmp_path, family, *extra)
+    extra = STABLE if stable else []
+    run, model, cfg = pretrained(tmp_path, family, *extra)
     out = tmp_path / "hf"
     export_hf(run, out)
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
     hf = transformers.AutoModel.from_pretrained(out).eval()
-    wav_BT = _wav(20_000)
+    wav_BT = wav(20_000)
     with torch.no_grad():
-        want = _encode(model, wav_BT)
+        want = encode(model, wav_BT)
         got = hf(wav_BT).last_hidden_state
     assert got.shape == want.shape and (got - want).abs().max() <= TOL
     extractor = transformers.AutoFeatureExtractor.from_pretrained(out)
@@ -115,25 +76,9 @@ def test_transformers_loads_the_export_and_computes_the_same(tmp_path, family, s
         assert torch.equal(pre.quantizer.codevectors, model.quantizer.codevectors)
 
 
-def _ctc_checkpoint(tmp: Path, family: str) -> tuple[Path, CTCModel]:
-    """A fine-tuned-looking CTC checkpoint: tiny encoder, letters A-D, a head biased away from blank."""
-    cfg = load_config(None, [f"model.name={family}", *SMALL, *EXTRA[family], "batch.crop=none"])
-    cfg.model.arch = finetune_arch(cfg.model.arch, cfg.finetune)
-    vocab = build_vocab(["A B |", "C D | A", "B C D"])[0]
-    torch.manual_seed(2)
-    model = CTCModel(build_model(cfg.model), cfg.model.arch.embed_dim, vocab)
-    _perturb(model.encoder)
-    with torch.no_grad():
-        model.head.weight.mul_(30.0)  # varied argmax over frames, not all blank
-        model.head.bias[1:4] = -1e4  # speechbs writes no special; HF's pipeline would print "<s>" etc.
-    save_checkpoint(tmp / "ft" / "checkpoints", 9, {"model": model.state_dict(), "config_toml": dump_toml(cfg)},
-                    keep_last=1)
-    return tmp / "ft", model.eval()
-
-
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
 def test_exported_ctc_model_transcribes_like_speechbs(tmp_path, family):
-    run, model = _ctc_checkpoint(tmp_path, family)
+    run, model = ctc_checkpoint(tmp_path, family)
     out = tmp_path / "hf-ctc"
     done = export_hf(run, out)
     assert done.hf_class.endswith("ForCTC")
@@ -145,7 +90,7 @@ def test_exported_ctc_model_transcribes_like_speechbs(tmp_path, family):
     hf = transformers.AutoModelForCTC.from_pretrained(out).eval()
     texts = set()
     for seed in range(4):
-        wav_BT = _wav(12_000 + 3_000 * seed, seed)
+        wav_BT = wav(12_000 + 3_000 * seed, seed)
         with torch.no_grad():
             logits_BTV, frames_B = loaded(wav_BT, torch.tensor([wav_BT.shape[1]]))
             hf_logits = hf(wav_BT).logits
@@ -167,9 +112,9 @@ def test_hf_vocab_puts_the_blank_at_pad():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_finetune_init_reads_hf_exports_of_every_family_and_ctc_dirs(tmp_path, family):
-    run, model, _cfg = _pretrained(tmp_path, family)
+    run, model, _cfg = pretrained(tmp_path, family)
     export_hf(run, tmp_path / "hf")
-    ctc_run, ctc_model = _ctc_checkpoint(tmp_path, family)
+    ctc_run, ctc_model = ctc_checkpoint(tmp_path, family)
     export_hf(ctc_run, tmp_path / "hf-ctc")
     recipe = REPO / "recipes" / "finetune" / "tiny_digits.toml"
     for source, encoder in ((tmp_path / "hf", model), (tmp_path / "hf-ctc", ctc_model.encoder)):
@@ -181,7 +126,7 @@ def test_finetune_init_reads_hf_exports_of_every_family_and_ctc_dirs(tmp_path, f
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pretraining_init_from_an_hf_export_keeps_the_weights(tmp_path, family, capsys):
-    run, model, cfg = _pretrained(tmp_path, family)
+    run, model, cfg = pretrained(tmp_path, family)
     export_hf(run, tmp_path / "hf")
     for source in (tmp_path / "hf", run):
         start = load_config(None, [f"model.name={family}", *SMALL, *EXTRA[family], f"train.init={source}"])
@@ -202,7 +147,7 @@ def test_pretraining_task_starts_from_the_export(tmp_path, capsys):
     from speechbs.dist import DistContext
     from speechbs.tasks.ssl import SSLTask
 
-    run, model, _cfg = _pretrained(tmp_path, "wav2vec2")
+    run, model, _cfg = pretrained(tmp_path, "wav2vec2")
     export_hf(run, tmp_path / "hf")
     cfg = load_config(None, ["model.name=wav2vec2", *SMALL, *EXTRA["wav2vec2"], f"train.init={tmp_path / 'hf'}",
                              "data.valid_manifest="])
@@ -212,7 +157,7 @@ def test_pretraining_task_starts_from_the_export(tmp_path, capsys):
 
 
 def test_pretraining_init_must_match_the_architecture(tmp_path):
-    run, _model, _cfg = _pretrained(tmp_path, "hubert")
+    run, _model, _cfg = pretrained(tmp_path, "hubert")
     cfg = load_config(None, ["model.name=hubert", *SMALL, "model.num_layers=3", "model.num_clusters=10",
                              f"train.init={run}"])
     with pytest.raises(ConfigError, match="model.num_layers = 2"):
@@ -248,7 +193,7 @@ def _cli(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 def test_user_mistakes_are_one_line(tmp_path):
-    run, _model, _cfg = _pretrained(tmp_path, "wav2vec2")
+    run, _model, _cfg = pretrained(tmp_path, "wav2vec2")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("keep me\n")
