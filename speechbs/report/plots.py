@@ -29,12 +29,24 @@ PLOT_NAMES = ("wer_vs_batch.png", "wer_vs_hours.png", "grad_noise_fixed_state.pn
               "loss_curves.png")
 
 
-def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only; works without a display
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    """Write one figure as every report plot is written, and free it."""
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
+    plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = (_wer_vs_batch, _wer_vs_hours, _fixed_state, _noise_vs_batch, _loss_curves)
     paths = []
@@ -42,8 +54,7 @@ def write_plots(collected: Collected, out_dir: Path) -> list[Path]:
     for name, writer in (*zip(PLOT_NAMES, writers), *extra):
         fig = writer(plt, collected)
         path = out_dir / name
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, path)
         paths.append(path)
     return paths
 
@@ -255,28 +266,19 @@ def fixed_state_axes(axes, records: list[dict]) -> None:
 
 def write_noise_plot(record: dict, path: Path) -> Path:
     """``noise.png`` of one ``speechbs noise`` run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     fixed_state_axes(axes, [record])
     fig.suptitle(f"gradient noise at a fixed state: {record.get('model')} {Path(str(record.get('checkpoint'))).name}, "
                  f"{record.get('repeats')} batches per size (95% intervals)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
 def write_probe_plot(record: dict, path: Path) -> Path:
     """``layer_weights.png`` of one ``speechbs probe`` run: the learned layer weights and each layer's own accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     weights = record["layer_weights"]
     layers = list(range(len(weights)))
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -294,18 +296,13 @@ def write_probe_plot(record: dict, path: Path) -> Path:
     ax.set_title(f"probe {record['task']} ({record['head']} head): {100 * record['accuracy']:.1f}% test accuracy, "
                  f"{record['num_classes']} classes", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
 def write_advice_plot(advice: dict, path: Path) -> Path:
     """``advice.png`` of ``speechbs advise``: predicted steps and audio to the probe's loss against the batch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows, trade = advice["table"], advice["tradeoff"]
     batches = [r["batch_s"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -323,6 +320,5 @@ def write_advice_plot(advice: dict, path: Path) -> Path:
     ax.set_title("steps/data trade-off (McCandlish et al. 2018), extrapolated from the probe run", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
