@@ -86,6 +86,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def advise(cfg: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run (or reuse) the probe, measure, and build the advice (the content of advice.json)."""
+    from speechbs.data.manifest import read_manifest
     from speechbs.dist import distributed
     from speechbs.tasks.ssl import SSLTask
     from speechbs.train.loop import train
@@ -95,9 +96,10 @@ def advise(cfg: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:
             raise ConfigError("speechbs advise runs as one process (its probe is minutes): start it without torchrun")
         train(cfg, SSLTask, ctx, until_step=args.probe_steps)
         probe = _read_probe(out / "probe", args.probe_steps)
-        memory = _measure_memory(cfg, SSLTask(cfg, ctx), args.device_memory_gb)
+        manifest = read_manifest(cfg.data.train_manifest)
+        memory = _measure_memory(cfg, manifest, SSLTask(cfg, ctx), args.device_memory_gb)
     tradeoff = Tradeoff.through(probe["b_noise_s"], cfg.batch.seconds, probe["steps"])
-    return _table(cfg, args, probe, memory, tradeoff)
+    return _table(cfg, manifest, args, probe, memory, tradeoff)
 
 
 def _read_probe(run_dir: Path, num_steps: int) -> dict[str, Any]:
@@ -128,13 +130,11 @@ def _read_probe(run_dir: Path, num_steps: int) -> dict[str, Any]:
             "device": ", ".join(env.get("devices", [])) or "unknown"}
 
 
-def _measure_memory(cfg: Any, task: Any, memory_gb: float) -> dict[str, Any]:
+def _measure_memory(cfg: Any, manifest: Any, task: Any, memory_gb: float) -> dict[str, Any]:
     """Saved activation bytes per padded second on up to three real micro-batches of the recipe's first step."""
     from speechbs.advise.memory import HEADROOM, PEAK_PER_SAVED, max_device_seconds, saved_bytes, static_bytes
     from speechbs.data.loader import build_planner, iter_steps
-    from speechbs.data.manifest import read_manifest
 
-    manifest = read_manifest(cfg.data.train_manifest)
     planner = build_planner(manifest, cfg.batch, cfg.audio, cfg.run.seed)
     step = next(iter(iter_steps(planner, manifest, cfg.audio, rank=0, world_size=1, num_workers=0,
                                 targets=task.targets, partners=task.partners, num_steps=1)))
@@ -161,12 +161,11 @@ def _measure_memory(cfg: Any, task: Any, memory_gb: float) -> dict[str, Any]:
             "num_micro_batches_measured": len(ratios)}
 
 
-def _table(cfg: Any, args: argparse.Namespace, probe: dict, memory: dict, tradeoff: Tradeoff) -> dict[str, Any]:
+def _table(cfg: Any, manifest: Any, args: argparse.Namespace, probe: dict, memory: dict,
+           tradeoff: Tradeoff) -> dict[str, Any]:
     from speechbs.data.loader import build_planner
-    from speechbs.data.manifest import read_manifest
     from speechbs.train.schedule import peak_lr
 
-    manifest = read_manifest(cfg.data.train_manifest)
     total_s = float(manifest.num_model_samples(cfg.audio.sample_rate_hz).sum()) / cfg.audio.sample_rate_hz
     cap_s = memory["max_device_seconds"]
     # Doublings of the recipe's batch from 1/8 to 8x the noise scale (and the recipe's batch itself),
